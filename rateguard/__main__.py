@@ -1,0 +1,3 @@
+from rateguard.cli import main
+
+main()

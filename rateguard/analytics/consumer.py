@@ -1,0 +1,126 @@
+"""Kafka -> ClickHouse, exactly once.
+
+Events are read with the analytics consumer group, batched by size and time, decoded
+(malformed ones are counted and skipped, never fatal), inserted, and only then are
+the offsets committed. Each row carries its Kafka partition and offset; when
+partitions are assigned, the consumer resumes after the highest offset ClickHouse
+already holds, so a crash between insert and commit does not count twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from rateguard.analytics.clickhouse import ClickHouse
+from rateguard.events.schema import InvalidEvent, decode
+
+log = logging.getLogger(__name__)
+
+
+class _Resume(ConsumerRebalanceListener):
+    def __init__(self, ingester: "Ingester") -> None:
+        self.ingester = ingester
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.ingester.resume(assigned)
+
+
+class Ingester:
+    def __init__(self, clickhouse: ClickHouse, brokers: tuple[str, ...], topic: str, group: str,
+                 *, batch_size: int = 20_000, batch_seconds: float = 1.0) -> None:
+        self.clickhouse = clickhouse
+        self.topic = topic
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=",".join(brokers), group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_interval_ms=600_000,
+            max_partition_fetch_bytes=4 * 1024 * 1024)
+        self.inserted = 0
+        self.invalid = 0
+        self.last_insert = 0.0
+        self.last_error: str | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_Resume(self))
+
+    async def resume(self, assigned) -> None:
+        """Seek past what ClickHouse already holds (see module docstring)."""
+        if not assigned:
+            return
+        stored = await self._retry(self.clickhouse.stored_offsets, "read stored offsets")
+        ends = await self.consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            last = stored.get(tp.partition)
+            if last is None:
+                continue
+            committed = await self.consumer.committed(tp)
+            # An end offset below what we stored means the topic was re-created
+            # (e.g. an in-memory broker restarted): its old offsets mean nothing now.
+            if last + 1 <= ends.get(tp, 0) and (committed is None or committed < last + 1):
+                log.info("analytics: %s resumes at %d (already stored up to %d)",
+                         tp, last + 1, last)
+                self.consumer.seek(tp, last + 1)
+
+    async def _retry(self, fn, what: str, *args):
+        backoff = 0.2
+        while True:
+            try:
+                return await fn(*args)
+            except Exception as exc:  # ClickHouse down: wait, never drop
+                self.last_error = f"{what}: {exc}"
+                if self._stopping:
+                    raise
+                log.warning("analytics: cannot %s (%s); retrying in %.1fs", what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def run(self) -> None:
+        consumer = self.consumer
+        while not self._stopping:
+            rows: list[tuple] = []
+            offsets: dict[TopicPartition, int] = {}
+            deadline = time.monotonic() + self.batch_seconds
+            while len(rows) < self.batch_size and not self._stopping:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                batches = await consumer.getmany(
+                    timeout_ms=int(wait * 1000), max_records=self.batch_size - len(rows))
+                for tp, messages in batches.items():
+                    for message in messages:
+                        try:
+                            row = decode(message.value)
+                        except InvalidEvent as exc:
+                            self.invalid += 1
+                            log.warning("analytics: skipped a malformed event at %s@%d: %s",
+                                        tp, message.offset, exc)
+                        else:
+                            rows.append((*row, tp.partition, message.offset))
+                        offsets[tp] = message.offset + 1
+            if not offsets:
+                continue
+            if rows:
+                await self._retry(self.clickhouse.insert, "insert into clickhouse", rows)
+                self.inserted += len(rows)
+                self.last_insert = time.time()
+                self.last_error = None
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # Harmless: the next start resumes from ClickHouse's offsets.
+                log.warning("analytics: offset commit failed: %s", exc)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.consumer.stop()

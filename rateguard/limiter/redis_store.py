@@ -1,0 +1,44 @@
+"""The shared limiter: one Lua script call per request, all limits of a policy at once."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+from rateguard.limiter.policy import Decision, Policy, decision_from_reply
+from rateguard.limiter.redis_client import RedisClient, RedisReplyError
+
+SCRIPT = resources.files("rateguard.limiter").joinpath("lua/limit.lua").read_text()
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+
+class RedisStore:
+    """Evaluates policies in Redis with ``EVALSHA``; reloads the script on ``NOSCRIPT``
+    (after a Redis restart or ``SCRIPT FLUSH``)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+
+    async def load(self) -> None:
+        sha = await self.client.execute("SCRIPT", "LOAD", SCRIPT)
+        if isinstance(sha, bytes):
+            sha = sha.decode()
+        assert sha == SCRIPT_SHA, "script digest mismatch"
+
+    async def check(self, policy: Policy, scope_value: str) -> Decision:
+        keys = policy.redis_keys(scope_value)
+        try:
+            reply = await self.client.execute(
+                "EVALSHA", SCRIPT_SHA, len(keys), *keys, *policy.script_args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            reply = await self.client.execute(
+                "EVAL", SCRIPT, len(keys), *keys, *policy.script_args)
+        return decision_from_reply(policy, reply)
+
+    async def healthy(self) -> bool:
+        try:
+            return await self.client.ping()
+        except Exception:
+            return False

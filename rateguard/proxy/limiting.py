@@ -1,0 +1,73 @@
+"""The proxy's limiter: Redis first, the policy's failure mode when Redis cannot answer.
+
+A failed call opens the circuit: while it is open no request waits on Redis; requests
+go straight to the fallback (failure mode ``open``: the per-replica memory limiter;
+``closed``: reject). A background probe closes the circuit as soon as Redis answers
+again and the script is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rateguard.errors import LimiterUnavailable
+from rateguard.limiter.memory_store import MemoryStore
+from rateguard.limiter.policy import Decision, Policy
+from rateguard.limiter.redis_client import RedisReplyError
+from rateguard.limiter.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+class Limiter:
+    def __init__(self, store: RedisStore, fallback: MemoryStore, *,
+                 probe_interval: float = 0.5, on_state=None) -> None:
+        self.store = store
+        self.fallback = fallback
+        self.probe_interval = probe_interval
+        self.redis_up = True
+        self._probe: asyncio.Task | None = None
+        self._on_state = on_state or (lambda up: None)
+
+    async def start(self) -> None:
+        try:
+            await self.store.load()
+        except (LimiterUnavailable, OSError, RedisReplyError) as exc:
+            self._trip(exc)
+
+    async def check(self, policy: Policy, scope_value: str) -> Decision | None:
+        """The decision, or None when Redis is unavailable and the policy fails closed."""
+        if self.redis_up:
+            try:
+                return await self.store.check(policy, scope_value)
+            except (LimiterUnavailable, OSError, RedisReplyError) as exc:
+                self._trip(exc)
+        if policy.failure_mode == "open":
+            return await self.fallback.check(policy, scope_value)
+        return None
+
+    def _trip(self, exc: Exception) -> None:
+        if self.redis_up:
+            log.warning("limiter: redis unavailable, using failure modes: %s", exc)
+            self.redis_up = False
+            self._on_state(False)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                await self.store.load()
+            except Exception:
+                continue
+            self.redis_up = True
+            self._on_state(True)
+            log.warning("limiter: redis is back")
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.store.client.close()

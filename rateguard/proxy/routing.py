@@ -1,0 +1,53 @@
+"""Route a request to an API by host and longest path prefix. Pure."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from rateguard.snapshot.model import Api
+
+
+def safe_path(path: str) -> bool:
+    """False for paths that could climb out of an API's prefix once an upstream
+    decodes them: ``.``/``..`` segments, also percent-encoded or behind encoded
+    slashes and backslashes, and NUL bytes."""
+    if not path.startswith("/"):
+        return False
+    decoded = unquote(unquote(path)).replace("\\", "/")
+    if "\x00" in decoded:
+        return False
+    for segment in decoded.split("/"):
+        if segment in (".", ".."):
+            return False
+    return True
+
+
+def match(routes: dict, host: str, path: str) -> tuple[Api, str] | None:
+    """The API serving ``host`` + ``path`` and the path to send upstream (with the
+    API's prefix stripped if it asks for it and the upstream's base path added).
+    ``path`` excludes the query string; ``host`` is lowercase without a port."""
+    for table in (routes.get(host), routes.get("")):
+        if not table:
+            continue
+        for prefix, api in table:
+            if prefix == "/":
+                rest = path
+            elif path == prefix or path.startswith(prefix) and path[len(prefix)] == "/":
+                rest = path[len(prefix):] if api.strip_prefix else path
+            else:
+                continue
+            if not rest:
+                rest = "/"
+            return api, api.upstream.base_path + rest
+    return None
+
+
+def host_of(value: bytes | None) -> str:
+    """``Host`` header -> lowercase host without port (IPv6 brackets kept)."""
+    if not value:
+        return ""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.rsplit(":", 1)[0] if ":" in host else host

@@ -1,0 +1,177 @@
+"""Upstream connections: a keep-alive pool of HTTP/1.1 client connections.
+
+Each connection parses responses with httptools and hands the pieces to the exchange
+it currently serves (see http_server.Exchange). Connections go back to the pool only
+after a complete response on a keep-alive connection with the request fully sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import defaultdict
+
+import httptools
+
+from rateguard.snapshot.model import Upstream
+
+
+class UpstreamConnectError(Exception):
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("upstream", "transport", "parser", "exchange", "closed", "idle_since",
+                 "_reason", "_headers", "_informational", "received")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._informational = False
+        self.received = False  # any response byte for the current exchange
+
+    # -- asyncio ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:  # data on an idle connection: it is unusable
+            self.abort()
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            exchange.on_upstream_error("upstream sent an invalid HTTP response")
+            self.abort()
+            return
+        exchange.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause_reading("upstream")
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume_reading("upstream")
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self._informational = 100 <= status < 200
+        if self._informational or self.exchange is None:
+            return  # 1xx interim responses are not passed on
+        self.exchange.on_response_head(status, self._reason, self._headers,
+                                       self.parser.get_http_version() == "1.0")
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.exchange is not None:
+            self.exchange.on_response_end(self.parser.should_keep_alive())
+
+    # -- use ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream, most recently used first."""
+
+    def __init__(self, *, connect_timeout: float = 5.0, max_idle: int = 256,
+                 idle_timeout: float = 30.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Upstream, list[UpstreamConnection]] = defaultdict(list)
+        self._ssl = ssl.create_default_context()
+
+    def take_idle(self, upstream: Upstream, now: float) -> UpstreamConnection | None:
+        idle = self._idle.get(upstream)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_timeout:
+                return conn
+            conn.abort()
+        return None
+
+    async def connect(self, upstream: Upstream) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, conn = await asyncio.wait_for(loop.create_connection(
+                lambda: UpstreamConnection(upstream), upstream.host, upstream.port,
+                ssl=self._ssl if upstream.tls else None,
+                server_hostname=upstream.host if upstream.tls else None),
+                self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamConnectError(
+                f"connecting to upstream {upstream.host}:{upstream.port} timed out",
+                timeout=True) from None
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {upstream.host}:{upstream.port}: {reason}") from None
+        return conn
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        conn.exchange = None
+        conn.received = False
+        idle = self._idle[conn.upstream]
+        if conn.closed or len(idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+        self._idle.clear()
