@@ -32,6 +32,7 @@ MAX_HEAD_BYTES = 32 * 1024
 BODY_BUFFER_BYTES = 256 * 1024  # request body held while the limiter decides
 KEEPALIVE_SECONDS = 75.0
 HEAD_SECONDS = 10.0  # a request head must arrive within this once it started
+LINGER_SECONDS = 2.0  # reading and dropping a refused body before closing
 
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -603,10 +604,22 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            if self.transport is not None:
-                self.transport.close()
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.current is not None and transport.can_write_eof():
+            # The client is still sending a body we refused. Closing now would make
+            # its kernel answer our 413 with a reset it may read before the answer;
+            # instead stop writing, read and drop what arrives, and close shortly.
+            transport.write_eof()
+            self.paused_for.clear()
+            transport.resume_reading()
+            self.arm_timer(LINGER_SECONDS)
+            return
+        transport.close()
 
     def protocol_error(self, status: int, error: str, message: str) -> None:
         if self.active is None and not self.closing:
@@ -638,6 +651,10 @@ class ClientConnection(asyncio.Protocol):
 
     def on_timer(self) -> None:
         self.timer = None
+        if self.closing:  # end of a lingering close
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self.active is None:
             if self.url or self.headers:
                 self.protocol_error(408, "request_timeout", "request head not received in time")
@@ -691,6 +708,7 @@ class ProxyServer:
             if child is not None:
                 child.inc()
             latency_hist.observe(latency)
+            metrics.by_decision[decision].inc()
             if exchange.upstream_ms:
                 upstream_hist.observe(exchange.upstream_ms / 1000.0)
         raw_path = exchange.target.partition(b"?")[0]

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 disable_created_metrics()
 
 _BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+from rateguard.events.schema import DECISIONS
+
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -36,6 +38,7 @@ class ProxyMetrics:
         self.inflight = Gauge("rateguard_inflight_requests", "Requests being served",
                               registry=registry)
         self.redis_up.set(1)
+        self.by_decision = {d: self.decisions.labels(d) for d in DECISIONS}
         self._per_api: dict[str, tuple] = {}
 
     def for_api(self, api_id: str) -> tuple:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install RateGuard with everything its checks need into .venv, then run them all:
+# unit + integration tests (real embedded servers), the deployment checks and a short
+# smoke run of the benchmark harness. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+.venv/bin/python -m pytest "$@"
+
+if [ -f deploy/check.sh ]; then
+    bash deploy/check.sh
+fi
+if [ -f bench/__main__.py ]; then
+    .venv/bin/python -m bench smoke
+fi

@@ -1,0 +1,61 @@
+"""Session-scoped real servers, started once: Valkey, the Kafka-protocol broker and
+ClickHouse (chdb in this process), or the servers the environment names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from rateguard.embedded.servers import EmbeddedBroker, EmbeddedValkey
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="rateguard-tests-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def redis_url(workdir):
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = EmbeddedValkey(workdir)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_brokers(workdir):
+    if os.environ.get("KAFKA_BROKERS"):
+        yield os.environ["KAFKA_BROKERS"]
+        return
+    broker = EmbeddedBroker()
+    yield broker.start()
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(workdir):
+    if os.environ.get("CLICKHOUSE_URL"):
+        return os.environ["CLICKHOUSE_URL"]
+    path = workdir / "clickhouse"
+    path.mkdir()
+    return f"chdb://{path}"
+
+
+@pytest.fixture(scope="session")
+def topic():
+    return f"api-events-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_db():
+    return f"rg_test_{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,29 @@
+import orjson
+import pytest
+
+from rateguard.events.schema import FIELDS, Event, InvalidEvent, decode, encode
+
+
+def sample(**over):
+    values = dict(id="r1", ts=1700000000000, workspace_id="ws", api_id="a", key_id="k",
+                  method="GET", host="h", path="/p", status=200, latency_ms=1.5,
+                  upstream_ms=1.0, bytes_in=0, bytes_out=10, client_ip="127.0.0.1",
+                  user_agent="ua", decision="allowed", policy_id="p", instance="i")
+    values.update(over)
+    return Event(**values)
+
+
+def test_round_trip_in_field_order():
+    event = sample()
+    row = decode(encode(event))
+    assert row == tuple(getattr(event, name) for name in FIELDS)
+    assert FIELDS[:3] == ("id", "ts", "workspace_id")
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"[1,2]", orjson.dumps({"id": "x"}),
+    encode(sample(decision="maybe")), encode(sample(status="200")),
+])
+def test_malformed_events_are_refused(raw):
+    with pytest.raises(InvalidEvent):
+        decode(raw)
