@@ -47,7 +47,6 @@ stamp="$VENV/.rateguard-deploy-requirements"
 want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "installing $REQUIREMENTS into $VENV (first run: about a minute)"
-    "$PY" -m pip install --quiet --upgrade pip
     "$PY" -m pip install --quiet -r "$REQUIREMENTS"
     echo "$want" > "$stamp"
 fi
@@ -134,7 +133,6 @@ for v in $K8S_VERSIONS; do kv_args+=(-k "$v"); done
 step "checkov (skips: deploy/.checkov.yaml + checkov.io/skip annotations)"
 # No network: --skip-download (in .checkov.yaml) and no guideline mapping.
 export BC_SKIP_MAPPING=TRUE
-skipped_total=0
 for file in "${rendered[@]}"; do
     if ! "$VENV/bin/checkov" --config-file deploy/.checkov.yaml --framework kubernetes \
             -f "$file" -o json > "$SCRATCH/checkov.json" 2> "$SCRATCH/checkov.err"; then
