@@ -35,8 +35,9 @@ PROBES = {
 DATABASE_CLIENTS = {
     "postgres": (5432, {"web", "proxy", "alerts", "migrations"}),
     "redis": (6379, {"proxy", "web"}),
-    "clickhouse": (8123, {"analytics", "web", "alerts"}),
-    "redpanda": (9092, {"proxy", "analytics"}),
+    # `rateguard db migrate` creates the ClickHouse tables and the events topic.
+    "clickhouse": (8123, {"analytics", "web", "alerts", "migrations"}),
+    "redpanda": (9092, {"proxy", "analytics", "migrations"}),
 }
 
 SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "CLICKHOUSE_URL",
