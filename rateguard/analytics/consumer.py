@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rateguard.analytics.clickhouse import ClickHouse
-from rateguard.events.schema import InvalidEvent, decode
+from rateguard.events.schema import decode_record
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,13 @@ class Ingester:
                     timeout_ms=int(wait * 1000), max_records=self.batch_size - len(rows))
                 for tp, messages in batches.items():
                     for message in messages:
-                        try:
-                            row = decode(message.value)
-                        except InvalidEvent as exc:
-                            self.invalid += 1
-                            log.warning("analytics: skipped a malformed event at %s@%d: %s",
-                                        tp, message.offset, exc)
-                        else:
+                        decoded, errors = decode_record(message.value or b"")
+                        for row in decoded:
                             rows.append((*row, tp.partition, message.offset))
+                        if errors:
+                            self.invalid += len(errors)
+                            log.warning("analytics: skipped %d malformed event(s) at %s@%d: %s",
+                                        len(errors), tp, message.offset, errors[0])
                         offsets[tp] = message.offset + 1
             if not offsets:
                 continue

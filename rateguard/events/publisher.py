@@ -17,7 +17,7 @@ from typing import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from rateguard.events.schema import Event, encode
+from rateguard.events.schema import Event, encode_records
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +127,39 @@ class EventPublisher:
 
     async def _send(self, producer: AIOKafkaProducer,
                     batch: list[Event]) -> tuple[list[Event], BaseException | None]:
-        """Send a batch; return the events that were not delivered and why."""
+        """Send a batch as one or more records per workspace; return the events that
+        were not delivered and why."""
         topic = self.topic
-        futures = []
-        for i, event in enumerate(batch):
-            try:
-                futures.append(await producer.send(
-                    topic, encode(event), key=event.workspace_id.encode()))
-            except (KafkaError, OSError) as exc:
-                # Those already handed to the producer are awaited below; the rest wait.
-                unsent, error = batch[i:], exc
-                batch = batch[:i]
-                break
-        else:
-            unsent, error = [], None
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [event for event, result in zip(batch, results)
-                  if isinstance(result, BaseException)]
-        if failed and error is None:
-            error = next(r for r in results if isinstance(r, BaseException))
-        delivered = len(batch) - len(failed)
+        by_workspace: dict[str, list[Event]] = {}
+        for event in batch:
+            group = by_workspace.get(event.workspace_id)
+            if group is None:
+                group = by_workspace[event.workspace_id] = []
+            group.append(event)
+        sent: list[tuple[asyncio.Future, list[Event]]] = []
+        unsent: list[Event] = []
+        error: BaseException | None = None
+        for workspace_id, events in by_workspace.items():
+            key = workspace_id.encode()
+            for value, carried in encode_records(events):
+                if error is not None:
+                    unsent += carried
+                    continue
+                try:
+                    sent.append((await producer.send(topic, value, key=key), carried))
+                except (KafkaError, OSError) as exc:
+                    # Those already handed to the producer are awaited below.
+                    error = exc
+                    unsent += carried
+        results = await asyncio.gather(*(fut for fut, _ in sent), return_exceptions=True)
+        failed: list[Event] = []
+        delivered = 0
+        for (_, carried), result in zip(sent, results):
+            if isinstance(result, BaseException):
+                failed += carried
+                error = error or result
+            else:
+                delivered += len(carried)
         self.published += delivered
         self._on_published(delivered)
         return failed + unsent, error

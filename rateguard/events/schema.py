@@ -2,8 +2,10 @@
 the proxy (producer) and analytics (consumer); change it here and in
 analytics/sql/ together.
 
-Encoded as JSON with orjson; the Kafka message key is the workspace id, so one
-workspace's events stay in order on one partition.
+Encoded as JSON with orjson. One Kafka record carries one or more events of one
+workspace as newline-delimited JSON (batching cuts the producer's per-record cost,
+which dominated publishing); the record key is the workspace id, so one workspace's
+events stay in order on one partition.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import orjson
 DECISIONS = ("allowed", "limited", "shadow_limited", "unauthorized", "error")
 
 
-@dataclass(slots=True)
+@dataclass
 class Event:
+    # No __slots__: orjson serializes a dataclass with a __dict__ three times faster.
     id: str            # request id (also sent upstream as X-Request-Id)
     ts: int            # milliseconds since the epoch, when the request arrived
     workspace_id: str  # "" when no API matched
@@ -48,8 +51,42 @@ def encode(event: Event) -> bytes:
     return orjson.dumps(event)
 
 
+def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
+    """Events of one workspace -> Kafka record values (NDJSON, each at most about
+    ``max_bytes``), each with the events it carries."""
+    records = []
+    lines: list[bytes] = []
+    carried: list[Event] = []
+    size = 0
+    for event in events:
+        line = orjson.dumps(event)
+        if lines and size + len(line) > max_bytes:
+            records.append((b"\n".join(lines), carried))
+            lines, carried, size = [], [], 0
+        lines.append(line)
+        carried.append(event)
+        size += len(line) + 1
+    if lines:
+        records.append((b"\n".join(lines), carried))
+    return records
+
+
 class InvalidEvent(ValueError):
     pass
+
+
+def decode_record(raw: bytes) -> tuple[list[tuple], list[str]]:
+    """One Kafka record -> (rows, errors): every well-formed event line becomes a row;
+    each malformed line is reported, not fatal."""
+    rows, errors = [], []
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            rows.append(decode(line))
+        except InvalidEvent as exc:
+            errors.append(str(exc))
+    return rows, errors
 
 
 def decode(raw: bytes) -> tuple:

@@ -71,7 +71,11 @@ class Policy:
     failure_mode: str = "open"
     # Derived once, used on every response.
     header: str = field(init=False, default="")
+    header_bytes: bytes = field(init=False, default=b"")
     script_args: tuple = field(init=False, default=())
+    # The Redis store's cache of packed commands for this policy (see redis_store.py).
+    commands: dict = field(init=False, default_factory=dict, compare=False, hash=False,
+                           repr=False)
 
     def __post_init__(self) -> None:
         if not self.limits:
@@ -89,6 +93,7 @@ class Policy:
         if len(set(windows)) != len(windows):
             raise ConfigError(f"policy {self.id!r}: two limits share a window")
         object.__setattr__(self, "header", policy_header(self.limits))
+        object.__setattr__(self, "header_bytes", self.header.encode())
         args: list = [SCRIPT_ALGORITHM[self.algorithm], 1]
         for limit in self.limits:
             args += [limit.count, limit.window_ms]
@@ -116,7 +121,7 @@ def _seconds(window_ms: int) -> str:
     return f"{window_ms / 1000:g}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The limiter's answer for one request under one policy."""
 

@@ -151,9 +151,18 @@ class RedisClient:
             return asyncio.ensure_future(self._execute_after_connect(args))
         return self._send(proto, hiredis.pack_command(args))
 
-    async def _execute_after_connect(self, args: tuple):
+    def execute_packed(self, packed: bytes) -> asyncio.Future:
+        """Send a command already packed with ``hiredis.pack_command`` (callers that
+        repeat the same command keep its bytes and skip the packing)."""
+        proto = self._proto
+        if proto is None or proto.closed:
+            return asyncio.ensure_future(self._execute_after_connect(packed))
+        return self._send(proto, packed)
+
+    async def _execute_after_connect(self, command: tuple | bytes):
         proto = await self._ensure()
-        return await self._send(proto, hiredis.pack_command(args))
+        packed = command if isinstance(command, bytes) else hiredis.pack_command(command)
+        return await self._send(proto, packed)
 
     def _send(self, proto: _Protocol, packed: bytes) -> asyncio.Future:
         loop = self._loop or asyncio.get_running_loop()

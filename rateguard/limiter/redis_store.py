@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
+import hiredis
+
 from rateguard.limiter.policy import Decision, Policy, decision_from_reply
 from rateguard.limiter.redis_client import RedisClient, RedisReplyError
 
 SCRIPT = resources.files("rateguard.limiter").joinpath("lua/limit.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+# Packed EVALSHA commands kept per policy and scope value: the same request from the
+# same key sends the same bytes, so they are built once. Bounded per policy.
+MAX_CACHED_COMMANDS = 50_000
 
 
 class RedisStore:
@@ -26,13 +32,20 @@ class RedisStore:
         assert sha == SCRIPT_SHA, "script digest mismatch"
 
     async def check(self, policy: Policy, scope_value: str) -> Decision:
-        keys = policy.redis_keys(scope_value)
+        commands = policy.commands
+        packed = commands.get(scope_value)
+        if packed is None:
+            if len(commands) >= MAX_CACHED_COMMANDS:
+                commands.clear()
+            keys = policy.redis_keys(scope_value)
+            packed = commands[scope_value] = hiredis.pack_command(
+                ("EVALSHA", SCRIPT_SHA, len(keys), *keys, *policy.script_args))
         try:
-            reply = await self.client.execute(
-                "EVALSHA", SCRIPT_SHA, len(keys), *keys, *policy.script_args)
+            reply = await self.client.execute_packed(packed)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
+            keys = policy.redis_keys(scope_value)
             reply = await self.client.execute(
                 "EVAL", SCRIPT, len(keys), *keys, *policy.script_args)
         return decision_from_reply(policy, reply)

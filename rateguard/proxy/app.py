@@ -108,6 +108,7 @@ class ProxyApp:
             gateway.snapshot = new
 
         self._tasks.append(asyncio.ensure_future(self.source.watch(apply)))
+        self._tasks.append(self.server.sweep())
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
             self.server.protocol, self.host, self.port, reuse_port=True, backlog=2048)

@@ -106,7 +106,7 @@ class Gateway:
             admission.message = "rate limiter unavailable and the policy fails closed"
             admission.decision = "error"
             return admission
-        admission.lines = h.ratelimit_lines(decision, policy.header.encode())
+        admission.lines = h.ratelimit_lines(decision, policy.header_bytes)
         if not decision.allowed:
             if policy.shadow:
                 admission.decision = "shadow_limited"

@@ -91,12 +91,9 @@ def client_response_head(
 
 def ratelimit_lines(decision, policy_header: bytes) -> list[bytes]:
     """``RateLimit-*`` header lines for a decision, plus ``Retry-After`` when rejected."""
-    lines = [
-        b"ratelimit-limit: %d\r\n" % decision.limit.count,
-        b"ratelimit-remaining: %d\r\n" % decision.remaining,
-        b"ratelimit-reset: %d\r\n" % decision.reset_seconds,
-        b"ratelimit-policy: " + policy_header + b"\r\n",
-    ]
+    lines = [b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n"
+             b"ratelimit-policy: %s\r\n" % (decision.limit.count, decision.remaining,
+                                              decision.reset_seconds, policy_header)]
     if not decision.allowed:
         lines.append(b"retry-after: %d\r\n" % decision.retry_after_seconds)
     return lines

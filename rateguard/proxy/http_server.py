@@ -46,7 +46,7 @@ class Exchange:
         "request_id", "started", "ts_ms", "body_chunks", "body_buffered", "body_done",
         "bytes_in", "bytes_out", "chunked_in", "content_length", "max_body", "conn",
         "admission", "response_started", "response_chunked", "response_done", "status",
-        "upstream_started", "upstream_ms", "timer", "last_activity", "timeout", "reused",
+        "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body",
     )
@@ -79,7 +79,6 @@ class Exchange:
         self.status = 0
         self.upstream_started = 0.0
         self.upstream_ms = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
         self.timeout = server.upstream_timeout
         self.reused = False
@@ -258,18 +257,14 @@ class Exchange:
         self.sent_body = True
         self.client.resume_reading("buffer")
         conn.write(parts[0] if len(parts) == 1 else b"".join(parts))
-        loop = self.server.loop
-        self.upstream_started = self.last_activity = loop.time()
-        self.timer = loop.call_later(self.timeout, self.check_timeout)
+        self.upstream_started = self.last_activity = self.server.loop.time()
 
-    def check_timeout(self) -> None:
-        self.timer = None
-        if self.finished or self.response_done:
+    def check_timeout(self, now: float) -> None:
+        """Called by the server's sweep: 504 (or a cut connection, if the response
+        already started) when the upstream has been silent for ``timeout`` seconds."""
+        if self.finished or self.response_done or self.conn is None:
             return
-        loop = self.server.loop
-        idle = loop.time() - self.last_activity
-        if idle < self.timeout:
-            self.timer = loop.call_later(self.timeout - idle, self.check_timeout)
+        if now - self.last_activity < self.timeout:
             return
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -395,9 +390,6 @@ class Exchange:
         if self.reused and not conn.received and self.body_done and self.admission:
             # A kept-alive connection the upstream had just closed: try a fresh one.
             # Only when the whole body is known (it was buffered, not yet streamed out).
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
             if self.bytes_in <= BODY_BUFFER_BYTES and not self.body_chunks:
                 self.server.loop.create_task(self._retry())
                 return
@@ -447,9 +439,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.status == 0:
             self.status = 499  # the client closed the request
             self.error_decision = "error"
@@ -462,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client_ip", "client_ip_bytes", "url",
                  "headers", "head_bytes", "current", "active", "pending", "paused_for",
-                 "closing", "timer", "writing_paused")
+                 "closing", "writing_paused", "idle_since", "head_since", "linger_until")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -479,7 +468,10 @@ class ClientConnection(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.closing = False
         self.writing_paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        # Deadlines checked by the server's sweep (no timer per request).
+        self.idle_since = server.loop.time()
+        self.head_since = 0.0  # when an unanswered request head started, 0 if none
+        self.linger_until = 0.0
 
     # -- asyncio ------------------------------------------------------------------------
 
@@ -495,7 +487,6 @@ class ClientConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.server.connections.add(self)
-        self.arm_timer(KEEPALIVE_SECONDS)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -510,8 +501,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
         for exchange in (self.active, *self.pending):
             if exchange is not None and not exchange.finished:
                 conn, exchange.conn = exchange.conn, None
@@ -539,8 +528,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_bytes = 0
-        if self.active is None:
-            self.arm_timer(HEAD_SECONDS)
+        self.head_since = self.server.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -560,15 +548,15 @@ class ClientConnection(asyncio.Protocol):
             exchange.keep_alive = False
         if self.head_bytes > MAX_HEAD_BYTES:
             exchange.keep_alive = False
+            self.head_since = 0.0
             if self.active is None:
                 self.active = exchange
-                self.cancel_timer()
                 exchange.respond_error(431, "headers_too_large",
                                        f"request head exceeds {MAX_HEAD_BYTES} bytes")
             return
+        self.head_since = 0.0
         if self.active is None:
             self.active = exchange
-            self.cancel_timer()
             self.server.start(exchange)
         else:
             self.pending.append(exchange)
@@ -597,7 +585,7 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading("pipeline")
             self.server.start(self.active)
         else:
-            self.arm_timer(KEEPALIVE_SECONDS)
+            self.idle_since = self.server.loop.time()
 
     def write(self, data: bytes) -> None:
         if not self.closing and self.transport is not None:
@@ -617,7 +605,7 @@ class ClientConnection(asyncio.Protocol):
             transport.write_eof()
             self.paused_for.clear()
             transport.resume_reading()
-            self.arm_timer(LINGER_SECONDS)
+            self.linger_until = self.server.loop.time() + LINGER_SECONDS
             return
         transport.close()
 
@@ -638,28 +626,20 @@ class ClientConnection(asyncio.Protocol):
             if not self.paused_for and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
 
-    # -- timers -------------------------------------------------------------------------
+    # -- deadlines (checked by ProxyServer.sweep) ---------------------------------------
 
-    def arm_timer(self, seconds: float) -> None:
-        self.cancel_timer()
-        self.timer = self.server.loop.call_later(seconds, self.on_timer)
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def on_timer(self) -> None:
-        self.timer = None
-        if self.closing:  # end of a lingering close
-            if self.transport is not None:
-                self.transport.close()
+    def check_deadlines(self, now: float) -> None:
+        if self.closing:
+            if self.linger_until and now >= self.linger_until and self.transport is not None:
+                self.transport.close()  # end of a lingering close
             return
-        if self.active is None:
-            if self.url or self.headers:
+        if self.active is not None:
+            return
+        if self.head_since:
+            if now - self.head_since >= HEAD_SECONDS:
                 self.protocol_error(408, "request_timeout", "request head not received in time")
-            else:
-                self.close()  # idle keep-alive connection
+        elif now - self.idle_since >= KEEPALIVE_SECONDS:
+            self.close()  # idle keep-alive connection
 
 
 class ProxyServer:
@@ -676,6 +656,7 @@ class ProxyServer:
         self.upstream_timeout = upstream_timeout
         self.special_paths = special_paths
         self.connections: set[ClientConnection] = set()
+        self.exchanges: set[Exchange] = set()
         self.inflight = 0
         self.loop = asyncio.get_event_loop()
         self._id_prefix = os.urandom(6).hex()
@@ -690,10 +671,28 @@ class ProxyServer:
 
     def start(self, exchange: Exchange) -> None:
         self.inflight += 1
+        self.exchanges.add(exchange)
         self.loop.create_task(exchange.run())
+
+    def sweep(self, interval: float = 0.1) -> asyncio.Task:
+        """One periodic task checks every deadline (upstream timeouts each
+        ``interval``, connection timeouts each second) instead of a timer per request."""
+        async def run() -> None:
+            ticks = 0
+            while True:
+                await asyncio.sleep(interval)
+                now = self.loop.time()
+                for exchange in list(self.exchanges):
+                    exchange.check_timeout(now)
+                ticks += 1
+                if ticks % 10 == 0:
+                    for conn in list(self.connections):
+                        conn.check_deadlines(now)
+        return self.loop.create_task(run())
 
     def record(self, exchange: Exchange) -> None:
         self.inflight -= 1
+        self.exchanges.discard(exchange)
         if exchange.error_decision == "special":
             return  # health checks are not traffic
         admission = exchange.admission

@@ -27,3 +27,23 @@ def test_round_trip_in_field_order():
 def test_malformed_events_are_refused(raw):
     with pytest.raises(InvalidEvent):
         decode(raw)
+
+
+def test_records_carry_ndjson_batches_within_the_size_cap():
+    from rateguard.events.schema import decode_record, encode_records
+
+    events = [sample(id=f"r{i}") for i in range(100)]
+    records = encode_records(events, max_bytes=4096)
+    assert len(records) > 1
+    assert all(len(value) <= 4096 + 600 for value, _ in records)
+    rows = [row for value, _ in records for row in decode_record(value)[0]]
+    assert [row[0] for row in rows] == [f"r{i}" for i in range(100)]  # order kept
+    assert sum(len(carried) for _, carried in records) == 100
+
+
+def test_a_malformed_line_spoils_only_itself():
+    from rateguard.events.schema import decode_record
+
+    rows, errors = decode_record(encode(sample(id="a")) + b"\n{oops\n" + encode(sample(id="b")))
+    assert [row[0] for row in rows] == ["a", "b"]
+    assert len(errors) == 1

@@ -1,0 +1,714 @@
+"""Every control-plane query, and the operations built from them.
+
+The management API, the CLI (`rateguard keys create`, `users create`) and the demo seed
+all go through :class:`Repository`, so a key made from the command line is validated,
+audited and announced exactly like one made through the API. Each change runs in one
+transaction with its audit entry and a ``NOTIFY`` on :data:`CHANNEL`; PostgreSQL
+delivers the notification only on commit, so a proxy never reloads a half-made change.
+
+Every workspace-owned row is read and written with ``workspace_id = $1`` in the query:
+an id from another workspace is simply not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from rateguard.crypto import KeyRing
+from rateguard.db import validate
+from rateguard.db.connection import CHANNEL
+from rateguard.db.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from rateguard.snapshot.keys import hash_key, new_key
+
+REFRESH_TTL = timedelta(days=30)
+INVITATION_TTL = timedelta(days=7)
+ROLE_RANK = {"viewer": 0, "admin": 1, "owner": 2}
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{secrets.token_hex(8)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def header_aad(api_id: str, name: str) -> str:
+    """What an upstream header value is bound to when encrypted."""
+    return f"api:{api_id}:header:{name.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a change, for the audit log: a user, or the command line."""
+
+    user_id: str | None
+    label: str
+
+    @classmethod
+    def cli(cls) -> "Actor":
+        return cls(None, "cli")
+
+
+# -- row shapes returned to callers -------------------------------------------------------
+
+def user_out(row) -> dict:
+    return {"id": row["id"], "email": row["email"], "name": row["name"],
+            "created_at": row["created_at"]}
+
+
+def workspace_out(row, role: str | None = None) -> dict:
+    out = {"id": row["id"], "name": row["name"], "created_at": row["created_at"]}
+    if role is not None:
+        out["role"] = role
+    return out
+
+
+def policy_out(row) -> dict:
+    return {"id": row["id"], "workspace_id": row["workspace_id"], "name": row["name"],
+            "limits": list(row["limits"]), "scope": row["scope"], "mode": row["mode"],
+            "algorithm": row["algorithm"], "failure_mode": row["failure_mode"],
+            "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+
+def api_out(row) -> dict:
+    return {"id": row["id"], "workspace_id": row["workspace_id"], "name": row["name"],
+            "host": row["host"], "prefix": row["prefix"], "upstream_url": row["upstream_url"],
+            "strip_prefix": row["strip_prefix"], "policy_id": row["policy_id"],
+            "timeout_seconds": row["timeout_seconds"], "max_body_bytes": row["max_body_bytes"],
+            "upstream_header_names": sorted(row["upstream_headers"] or {}),
+            "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+
+def key_status(row, now: datetime) -> str:
+    if row["revoked_at"] is not None:
+        return "revoked"
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        return "expired"
+    return "active"
+
+
+def key_out(row, now: datetime | None = None) -> dict:
+    return {"id": row["id"], "workspace_id": row["workspace_id"], "name": row["name"],
+            "prefix": row["prefix"], "last_four": row["last_four"],
+            "policy_id": row["policy_id"], "expires_at": row["expires_at"],
+            "revoked_at": row["revoked_at"], "created_at": row["created_at"],
+            "created_by": row["created_by"], "last_used_at": row["last_used_at"],
+            "replaced_by": row["replaced_by"], "status": key_status(row, now or utcnow())}
+
+
+def member_out(row) -> dict:
+    return {"user_id": row["user_id"], "email": row["email"], "name": row["name"],
+            "role": row["role"], "created_at": row["created_at"]}
+
+
+def invitation_out(row) -> dict:
+    return {"id": row["id"], "workspace_id": row["workspace_id"], "email": row["email"],
+            "role": row["role"], "created_at": row["created_at"],
+            "expires_at": row["expires_at"], "accepted_at": row["accepted_at"],
+            "revoked_at": row["revoked_at"]}
+
+
+def audit_out(row) -> dict:
+    return {"id": row["id"], "actor_id": row["actor_id"], "actor": row["actor"],
+            "action": row["action"], "target_type": row["target_type"],
+            "target_id": row["target_id"], "detail": row["detail"],
+            "created_at": row["created_at"]}
+
+
+class Repository:
+    def __init__(self, pool: asyncpg.Pool, keyring: KeyRing | None = None,
+                 hasher: PasswordHasher | None = None) -> None:
+        self.pool = pool
+        self.keyring = keyring
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _audit(self, conn, workspace_id: str | None, actor: Actor, action: str,
+                     target_type: str, target_id: str, detail: dict | None = None) -> None:
+        await conn.execute(
+            "INSERT INTO audit_log (workspace_id, actor_id, actor, action, target_type,"
+            " target_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            workspace_id, actor.user_id, actor.label, action, target_type, target_id,
+            detail or {})
+
+    @staticmethod
+    async def _notify(conn, workspace_id: str, kind: str, target_id: str) -> None:
+        payload = orjson.dumps({"workspace_id": workspace_id, "kind": kind,
+                                "id": target_id}).decode()
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+    async def _hash_password(self, password: str) -> str:
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def _verify_password(self, stored: str, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self.hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                return False
+        return await asyncio.to_thread(check)
+
+    # -- users and sessions -------------------------------------------------------------
+
+    async def _insert_user(self, conn, email: str, password: str, name: str) -> Any:
+        password_hash = await self._hash_password(password)
+        try:
+            return await conn.fetchrow(
+                "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4)"
+                " RETURNING *", new_id("usr"), email, name, password_hash)
+        except asyncpg.UniqueViolationError:
+            raise Conflict("email: an account with this email already exists", "email") from None
+
+    async def signup(self, email: str, password: str, name: str = "",
+                     workspace_name: str | None = None,
+                     invitation: str | None = None) -> tuple[dict, dict, str]:
+        """A new user. With an invitation token they join that workspace; otherwise
+        they own a new one. Returns (user, workspace, role)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._insert_user(conn, email, password, name)
+            actor = Actor(user["id"], user["email"])
+            if invitation:
+                workspace, role = await self._accept(conn, user, invitation)
+            else:
+                workspace = await self._create_workspace(
+                    conn, actor, workspace_name or f"{name or email.split('@')[0]}'s workspace")
+                role = "owner"
+            await self._audit(conn, workspace["id"], actor, "user.signup", "user", user["id"])
+        return user_out(user), workspace_out(workspace, role), role
+
+    async def create_user(self, email: str, password: str, name: str = "",
+                          workspace_id: str | None = None, role: str = "viewer",
+                          actor: Actor | None = None) -> dict:
+        """An operator-made user (`rateguard users create`), optionally added to a
+        workspace, or owning a new one when workspace_id is "new"."""
+        actor = actor or Actor.cli()
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await self._insert_user(conn, email, password, name)
+            out = user_out(user)
+            if workspace_id == "new":
+                workspace = await self._create_workspace(
+                    conn, Actor(user["id"], user["email"]), f"{name or email}'s workspace")
+                out["workspace"] = workspace_out(workspace, "owner")
+            elif workspace_id:
+                if not await conn.fetchval("SELECT 1 FROM workspaces WHERE id = $1",
+                                           workspace_id):
+                    raise NotFound(f"workspace {workspace_id} not found")
+                await conn.execute("INSERT INTO memberships (workspace_id, user_id, role)"
+                                   " VALUES ($1, $2, $3)", workspace_id, user["id"], role)
+                out["workspace"] = {"id": workspace_id, "role": role}
+            await self._audit(conn, out.get("workspace", {}).get("id"), actor, "user.create",
+                              "user", user["id"], {"email": email})
+        return out
+
+    async def authenticate(self, email: str, password: str) -> dict:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM users WHERE lower(email) = lower($1) AND disabled_at IS NULL", email)
+        if row is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hash_password(secrets.token_hex(8))
+            await self._verify_password(self._dummy_hash, password)  # same time either way
+            raise Unauthorized("wrong email or password")
+        if not await self._verify_password(row["password_hash"], password):
+            raise Unauthorized("wrong email or password")
+        if self.hasher.check_needs_rehash(row["password_hash"]):
+            await self.pool.execute("UPDATE users SET password_hash = $2 WHERE id = $1",
+                                    row["id"], await self._hash_password(password))
+        return user_out(row)
+
+    async def create_session(self, user_id: str) -> tuple[str, str]:
+        """(session id, refresh token)."""
+        session_id, refresh = new_id("ses"), "rgr_" + secrets.token_urlsafe(32)
+        await self.pool.execute(
+            "INSERT INTO sessions (id, user_id, refresh_hash, expires_at)"
+            " VALUES ($1, $2, $3, $4)", session_id, user_id, _sha256(refresh),
+            utcnow() + REFRESH_TTL)
+        return session_id, refresh
+
+    async def refresh_session(self, refresh: str) -> tuple[str, str, str]:
+        """Rotate a refresh token: (user id, session id, new refresh token). An old
+        token presented again is refused (it was replaced or the session revoked)."""
+        new_refresh = "rgr_" + secrets.token_urlsafe(32)
+        row = await self.pool.fetchrow(
+            "UPDATE sessions s SET refresh_hash = $2 FROM users u"
+            " WHERE s.refresh_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
+            " AND u.id = s.user_id AND u.disabled_at IS NULL"
+            " RETURNING s.id, s.user_id", _sha256(refresh), _sha256(new_refresh))
+        if row is None:
+            raise Unauthorized("refresh token is invalid, expired or revoked")
+        return row["user_id"], row["id"], new_refresh
+
+    async def revoke_session(self, session_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            session_id)
+
+    async def session_user(self, session_id: str, user_id: str) -> dict | None:
+        row = await self.pool.fetchrow(
+            "SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL"
+            " AND s.expires_at > now() AND u.disabled_at IS NULL", session_id, user_id)
+        return user_out(row) if row else None
+
+    # -- workspaces, members, invitations -----------------------------------------------
+
+    async def _create_workspace(self, conn, actor: Actor, name: str):
+        workspace = await conn.fetchrow(
+            "INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING *", new_id("ws"), name)
+        await conn.execute("INSERT INTO memberships (workspace_id, user_id, role)"
+                           " VALUES ($1, $2, 'owner')", workspace["id"], actor.user_id)
+        await self._audit(conn, workspace["id"], actor, "workspace.create", "workspace",
+                          workspace["id"], {"name": name})
+        return workspace
+
+    async def create_workspace(self, actor: Actor, name: str) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return workspace_out(await self._create_workspace(conn, actor, name), "owner")
+
+    async def list_workspaces(self, user_id: str) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT w.*, m.role FROM workspaces w JOIN memberships m ON m.workspace_id = w.id"
+            " WHERE m.user_id = $1 ORDER BY w.created_at, w.id", user_id)
+        return [workspace_out(r, r["role"]) for r in rows]
+
+    async def role_of(self, workspace_id: str, user_id: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT role FROM memberships WHERE workspace_id = $1 AND user_id = $2",
+            workspace_id, user_id)
+
+    async def get_workspace(self, workspace_id: str, role: str | None = None) -> dict:
+        row = await self.pool.fetchrow("SELECT * FROM workspaces WHERE id = $1", workspace_id)
+        if row is None:
+            raise NotFound("workspace not found")
+        return workspace_out(row, role)
+
+    async def rename_workspace(self, actor: Actor, workspace_id: str, name: str,
+                               role: str | None = None) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("UPDATE workspaces SET name = $2 WHERE id = $1"
+                                      " RETURNING *", workspace_id, name)
+            if row is None:
+                raise NotFound("workspace not found")
+            await self._audit(conn, workspace_id, actor, "workspace.update", "workspace",
+                              workspace_id, {"name": name})
+        return workspace_out(row, role)
+
+    async def list_members(self, workspace_id: str) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT m.user_id, m.role, m.created_at, u.email, u.name FROM memberships m"
+            " JOIN users u ON u.id = m.user_id WHERE m.workspace_id = $1"
+            " ORDER BY m.created_at, u.email", workspace_id)
+        return [member_out(r) for r in rows]
+
+    async def _member(self, conn, workspace_id: str, user_id: str):
+        row = await conn.fetchrow(
+            "SELECT m.user_id, m.role, m.created_at, u.email, u.name FROM memberships m"
+            " JOIN users u ON u.id = m.user_id WHERE m.workspace_id = $1 AND m.user_id = $2"
+            " FOR UPDATE OF m", workspace_id, user_id)
+        if row is None:
+            raise NotFound("member not found")
+        return row
+
+    @staticmethod
+    def _check_can_manage(actor_role: str, target_role: str, new_role: str | None) -> None:
+        if "owner" in (target_role, new_role) and actor_role != "owner":
+            raise Forbidden("only an owner can grant or take away the owner role")
+
+    async def _owners_after(self, conn, workspace_id: str, user_id: str) -> int:
+        await conn.execute("SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE", workspace_id)
+        return await conn.fetchval(
+            "SELECT count(*) FROM memberships WHERE workspace_id = $1 AND role = 'owner'"
+            " AND user_id <> $2", workspace_id, user_id)
+
+    async def set_member_role(self, actor: Actor, actor_role: str, workspace_id: str,
+                              user_id: str, role: str) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            member = await self._member(conn, workspace_id, user_id)
+            self._check_can_manage(actor_role, member["role"], role)
+            if member["role"] == "owner" and role != "owner" \
+                    and not await self._owners_after(conn, workspace_id, user_id):
+                raise Conflict("a workspace keeps at least one owner")
+            await conn.execute("UPDATE memberships SET role = $3 WHERE workspace_id = $1"
+                               " AND user_id = $2", workspace_id, user_id, role)
+            await self._audit(conn, workspace_id, actor, "member.update", "user", user_id,
+                              {"from": member["role"], "to": role})
+            member = await self._member(conn, workspace_id, user_id)
+        return member_out(member)
+
+    async def remove_member(self, actor: Actor, actor_role: str, workspace_id: str,
+                            user_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            member = await self._member(conn, workspace_id, user_id)
+            if user_id != actor.user_id:
+                self._check_can_manage(actor_role, member["role"], None)
+            if member["role"] == "owner" \
+                    and not await self._owners_after(conn, workspace_id, user_id):
+                raise Conflict("a workspace keeps at least one owner")
+            await conn.execute("DELETE FROM memberships WHERE workspace_id = $1"
+                               " AND user_id = $2", workspace_id, user_id)
+            await self._audit(conn, workspace_id, actor, "member.remove", "user", user_id,
+                              {"role": member["role"]})
+
+    async def create_invitation(self, actor: Actor, actor_role: str, workspace_id: str,
+                                email: str, role: str) -> dict:
+        if role == "owner" and actor_role != "owner":
+            raise Forbidden("only an owner can invite an owner")
+        token = "rgi_" + secrets.token_urlsafe(24)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO invitations (id, workspace_id, email, role, token_hash, invited_by,"
+                " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                new_id("inv"), workspace_id, email, role, _sha256(token), actor.user_id,
+                utcnow() + INVITATION_TTL)
+            await self._audit(conn, workspace_id, actor, "invitation.create", "invitation",
+                              row["id"], {"email": email, "role": role})
+        return {**invitation_out(row), "token": token}
+
+    async def list_invitations(self, workspace_id: str) -> list[dict]:
+        rows = await self.pool.fetch("SELECT * FROM invitations WHERE workspace_id = $1"
+                                     " ORDER BY created_at DESC, id", workspace_id)
+        return [invitation_out(r) for r in rows]
+
+    async def revoke_invitation(self, actor: Actor, workspace_id: str, invitation_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE invitations SET revoked_at = now() WHERE workspace_id = $1 AND id = $2"
+                " AND revoked_at IS NULL AND accepted_at IS NULL RETURNING id",
+                workspace_id, invitation_id)
+            if done is None:
+                raise NotFound("invitation not found or no longer pending")
+            await self._audit(conn, workspace_id, actor, "invitation.revoke", "invitation",
+                              invitation_id)
+
+    async def _accept(self, conn, user, token: str):
+        row = await conn.fetchrow(
+            "UPDATE invitations SET accepted_at = now() WHERE token_hash = $1"
+            " AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > now()"
+            " AND lower(email) = lower($2) RETURNING *", _sha256(token), user["email"])
+        if row is None:
+            raise Invalid("invitation", "is not a pending invitation for this email address")
+        await conn.execute(
+            "INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, $3)"
+            " ON CONFLICT (workspace_id, user_id) DO NOTHING",
+            row["workspace_id"], user["id"], row["role"])
+        role = await conn.fetchval("SELECT role FROM memberships WHERE workspace_id = $1"
+                                   " AND user_id = $2", row["workspace_id"], user["id"])
+        await self._audit(conn, row["workspace_id"], Actor(user["id"], user["email"]),
+                          "invitation.accept", "invitation", row["id"])
+        workspace = await conn.fetchrow("SELECT * FROM workspaces WHERE id = $1",
+                                        row["workspace_id"])
+        return workspace, role
+
+    async def accept_invitation(self, user_id: str, token: str) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            user = await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+            workspace, role = await self._accept(conn, user, token)
+        return workspace_out(workspace, role)
+
+    # -- policies -----------------------------------------------------------------------
+
+    async def list_policies(self, workspace_id: str) -> list[dict]:
+        rows = await self.pool.fetch("SELECT * FROM policies WHERE workspace_id = $1"
+                                     " ORDER BY created_at, id", workspace_id)
+        return [policy_out(r) for r in rows]
+
+    async def _policy_row(self, conn, workspace_id: str, policy_id: str, lock: bool = False):
+        row = await conn.fetchrow(
+            "SELECT * FROM policies WHERE workspace_id = $1 AND id = $2"
+            + (" FOR UPDATE" if lock else ""), workspace_id, policy_id)
+        if row is None:
+            raise NotFound("policy not found")
+        return row
+
+    async def get_policy(self, workspace_id: str, policy_id: str) -> dict:
+        async with self.pool.acquire() as conn:
+            return policy_out(await self._policy_row(conn, workspace_id, policy_id))
+
+    async def create_policy(self, actor: Actor, workspace_id: str, body: Any) -> dict:
+        clean = validate.policy(body)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO policies (id, workspace_id, name, limits, scope, mode, algorithm,"
+                " failure_mode) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+                new_id("pol"), workspace_id, clean["name"], clean["limits"], clean["scope"],
+                clean["mode"], clean["algorithm"], clean["failure_mode"])
+            await self._audit(conn, workspace_id, actor, "policy.create", "policy", row["id"],
+                              clean)
+            await self._notify(conn, workspace_id, "policy", row["id"])
+        return policy_out(row)
+
+    async def update_policy(self, actor: Actor, workspace_id: str, policy_id: str,
+                            body: Any) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = policy_out(await self._policy_row(conn, workspace_id, policy_id, True))
+            clean = validate.policy(body, current)
+            row = await conn.fetchrow(
+                "UPDATE policies SET name = $3, limits = $4, scope = $5, mode = $6,"
+                " algorithm = $7, failure_mode = $8, updated_at = now()"
+                " WHERE workspace_id = $1 AND id = $2 RETURNING *", workspace_id, policy_id,
+                clean["name"], clean["limits"], clean["scope"], clean["mode"],
+                clean["algorithm"], clean["failure_mode"])
+            await self._audit(conn, workspace_id, actor, "policy.update", "policy", policy_id,
+                              {k: v for k, v in clean.items() if current.get(k) != v})
+            await self._notify(conn, workspace_id, "policy", policy_id)
+        return policy_out(row)
+
+    async def delete_policy(self, actor: Actor, workspace_id: str, policy_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._policy_row(conn, workspace_id, policy_id, True)
+            users = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM apis WHERE policy_id = $1)"
+                " + (SELECT count(*) FROM api_keys WHERE policy_id = $1"
+                "    AND revoked_at IS NULL)", policy_id)
+            if users:
+                raise Conflict(f"policy is used by {users} API(s) or key(s); "
+                               "point them at another policy first")
+            await conn.execute("UPDATE api_keys SET policy_id = NULL WHERE policy_id = $1",
+                               policy_id)
+            await conn.execute("DELETE FROM policies WHERE workspace_id = $1 AND id = $2",
+                               workspace_id, policy_id)
+            await self._audit(conn, workspace_id, actor, "policy.delete", "policy", policy_id)
+            await self._notify(conn, workspace_id, "policy", policy_id)
+
+    async def _check_policy_ref(self, conn, workspace_id: str, policy_id: str | None) -> None:
+        if policy_id is not None and not await conn.fetchval(
+                "SELECT 1 FROM policies WHERE workspace_id = $1 AND id = $2",
+                workspace_id, policy_id):
+            raise Invalid("policy_id", "no such policy in this workspace")
+
+    # -- APIs ---------------------------------------------------------------------------
+
+    async def list_apis(self, workspace_id: str) -> list[dict]:
+        rows = await self.pool.fetch("SELECT * FROM apis WHERE workspace_id = $1"
+                                     " ORDER BY created_at, id", workspace_id)
+        return [api_out(r) for r in rows]
+
+    async def _api_row(self, conn, workspace_id: str, api_id: str, lock: bool = False):
+        row = await conn.fetchrow("SELECT * FROM apis WHERE workspace_id = $1 AND id = $2"
+                                  + (" FOR UPDATE" if lock else ""), workspace_id, api_id)
+        if row is None:
+            raise NotFound("API not found")
+        return row
+
+    async def get_api(self, workspace_id: str, api_id: str) -> dict:
+        async with self.pool.acquire() as conn:
+            return api_out(await self._api_row(conn, workspace_id, api_id))
+
+    def _seal_headers(self, api_id: str, headers: dict[str, str]) -> dict[str, str]:
+        if headers and self.keyring is None:
+            raise Invalid("upstream_headers", "the server has no ENCRYPTION_KEY to store "
+                                              "credentials with")
+        return {name: self.keyring.encrypt(value, header_aad(api_id, name))
+                for name, value in headers.items()}
+
+    async def _write_api(self, conn, sql: str, *args):
+        try:
+            return await conn.fetchrow(sql, *args)
+        except asyncpg.UniqueViolationError:
+            raise Conflict("prefix: this host and prefix already route to another API",
+                           "prefix") from None
+
+    async def create_api(self, actor: Actor, workspace_id: str, body: Any) -> dict:
+        clean = validate.api(body)
+        api_id = new_id("api")
+        sealed = self._seal_headers(api_id, clean.get("upstream_headers", {}))
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_policy_ref(conn, workspace_id, clean["policy_id"])
+            row = await self._write_api(
+                conn,
+                "INSERT INTO apis (id, workspace_id, name, host, prefix, upstream_url,"
+                " strip_prefix, policy_id, timeout_seconds, max_body_bytes, upstream_headers)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+                api_id, workspace_id, clean["name"], clean["host"], clean["prefix"],
+                clean["upstream_url"], clean["strip_prefix"], clean["policy_id"],
+                clean["timeout_seconds"], clean["max_body_bytes"], sealed)
+            await self._audit(conn, workspace_id, actor, "api.create", "api", api_id,
+                              {**{k: v for k, v in clean.items() if k != "upstream_headers"},
+                               "upstream_header_names": sorted(sealed)})
+            await self._notify(conn, workspace_id, "api", api_id)
+        return api_out(row)
+
+    async def update_api(self, actor: Actor, workspace_id: str, api_id: str, body: Any) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            current_row = await self._api_row(conn, workspace_id, api_id, True)
+            current = api_out(current_row)
+            clean = validate.api(body, current)
+            sealed = current_row["upstream_headers"]
+            if "upstream_headers" in clean:
+                sealed = self._seal_headers(api_id, clean["upstream_headers"])
+            await self._check_policy_ref(conn, workspace_id, clean["policy_id"])
+            row = await self._write_api(
+                conn,
+                "UPDATE apis SET name = $3, host = $4, prefix = $5, upstream_url = $6,"
+                " strip_prefix = $7, policy_id = $8, timeout_seconds = $9, max_body_bytes = $10,"
+                " upstream_headers = $11, updated_at = now()"
+                " WHERE workspace_id = $1 AND id = $2 RETURNING *",
+                workspace_id, api_id, clean["name"], clean["host"], clean["prefix"],
+                clean["upstream_url"], clean["strip_prefix"], clean["policy_id"],
+                clean["timeout_seconds"], clean["max_body_bytes"], sealed)
+            changed = {k: v for k, v in clean.items()
+                       if k != "upstream_headers" and current.get(k) != v}
+            if "upstream_headers" in clean:
+                changed["upstream_header_names"] = sorted(sealed)
+            await self._audit(conn, workspace_id, actor, "api.update", "api", api_id, changed)
+            await self._notify(conn, workspace_id, "api", api_id)
+        return api_out(row)
+
+    async def delete_api(self, actor: Actor, workspace_id: str, api_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._api_row(conn, workspace_id, api_id, True)
+            await conn.execute("DELETE FROM apis WHERE workspace_id = $1 AND id = $2",
+                               workspace_id, api_id)
+            await self._audit(conn, workspace_id, actor, "api.delete", "api", api_id)
+            await self._notify(conn, workspace_id, "api", api_id)
+
+    # -- API keys -----------------------------------------------------------------------
+
+    async def list_keys(self, workspace_id: str) -> list[dict]:
+        rows = await self.pool.fetch("SELECT * FROM api_keys WHERE workspace_id = $1"
+                                     " ORDER BY created_at DESC, id", workspace_id)
+        now = utcnow()
+        return [key_out(r, now) for r in rows]
+
+    async def _key_row(self, conn, workspace_id: str, key_id: str, lock: bool = False):
+        row = await conn.fetchrow("SELECT * FROM api_keys WHERE workspace_id = $1 AND id = $2"
+                                  + (" FOR UPDATE" if lock else ""), workspace_id, key_id)
+        if row is None:
+            raise NotFound("key not found")
+        return row
+
+    async def get_key(self, workspace_id: str, key_id: str) -> dict:
+        async with self.pool.acquire() as conn:
+            return key_out(await self._key_row(conn, workspace_id, key_id))
+
+    async def _insert_key(self, conn, actor: Actor, workspace_id: str, name: str,
+                          policy_id: str | None, expires_at: datetime | None) -> tuple[Any, str]:
+        plaintext = new_key()
+        row = await conn.fetchrow(
+            "INSERT INTO api_keys (id, workspace_id, name, key_hash, prefix, last_four,"
+            " policy_id, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " RETURNING *", new_id("key"), workspace_id, name, hash_key(plaintext),
+            plaintext[:8], plaintext[-4:], policy_id, expires_at, actor.user_id)
+        return row, plaintext
+
+    async def create_key(self, actor: Actor, workspace_id: str, body: Any) -> dict:
+        """A new key; the result's ``key`` is the plaintext, returned this once only."""
+        clean = validate.key(body, utcnow())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_policy_ref(conn, workspace_id, clean["policy_id"])
+            row, plaintext = await self._insert_key(conn, actor, workspace_id, clean["name"],
+                                                    clean["policy_id"], clean["expires_at"])
+            await self._audit(conn, workspace_id, actor, "key.create", "key", row["id"],
+                              {"name": clean["name"], "policy_id": clean["policy_id"],
+                               "prefix": row["prefix"]})
+            await self._notify(conn, workspace_id, "key", row["id"])
+        return {**key_out(row), "key": plaintext}
+
+    async def revoke_key(self, actor: Actor, workspace_id: str, key_id: str) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._key_row(conn, workspace_id, key_id, True)
+            if row["revoked_at"] is None:
+                row = await conn.fetchrow("UPDATE api_keys SET revoked_at = now() WHERE id = $1"
+                                          " RETURNING *", key_id)
+                await self._audit(conn, workspace_id, actor, "key.revoke", "key", key_id,
+                                  {"prefix": row["prefix"]})
+                await self._notify(conn, workspace_id, "key", key_id)
+        return key_out(row)
+
+    async def roll_key(self, actor: Actor, workspace_id: str, key_id: str, body: Any) -> dict:
+        """Replace a key: a new one with the same name, policy and expiry; the old one
+        keeps working for ``overlap_seconds`` (0: stops at once)."""
+        overlap = validate.roll(body)
+        now = utcnow()
+        async with self.pool.acquire() as conn, conn.transaction():
+            old = await self._key_row(conn, workspace_id, key_id, True)
+            if key_status(old, now) != "active":
+                raise Conflict(f"key is {key_status(old, now)}; only an active key can be rolled")
+            new, plaintext = await self._insert_key(conn, actor, workspace_id, old["name"],
+                                                    old["policy_id"], old["expires_at"])
+            if overlap == 0:
+                old = await conn.fetchrow(
+                    "UPDATE api_keys SET revoked_at = now(), replaced_by = $2 WHERE id = $1"
+                    " RETURNING *", key_id, new["id"])
+            else:
+                until = now + timedelta(seconds=overlap)
+                old = await conn.fetchrow(
+                    "UPDATE api_keys SET expires_at = LEAST(coalesce(expires_at, $3), $3),"
+                    " replaced_by = $2 WHERE id = $1 RETURNING *", key_id, new["id"], until)
+            await self._audit(conn, workspace_id, actor, "key.roll", "key", key_id,
+                              {"new_key_id": new["id"], "overlap_seconds": overlap})
+            await self._notify(conn, workspace_id, "key", key_id)
+        return {"key": {**key_out(new), "key": plaintext}, "previous": key_out(old)}
+
+    async def record_last_used(self, used: list[tuple[str, datetime]]) -> int:
+        """Move last_used_at forward (never back) for the given (key id, time) pairs."""
+        if not used:
+            return 0
+        result = await self.pool.execute(
+            "UPDATE api_keys k SET last_used_at = v.ts"
+            " FROM unnest($1::text[], $2::timestamptz[]) AS v(id, ts)"
+            " WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.ts)",
+            [k for k, _ in used], [t for _, t in used])
+        return int(result.split()[-1])
+
+    # -- audit --------------------------------------------------------------------------
+
+    async def list_audit(self, workspace_id: str, limit: int = 100,
+                         before: int | None = None) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM audit_log WHERE workspace_id = $1 AND ($2::bigint IS NULL OR id < $2)"
+            " ORDER BY id DESC LIMIT $3", workspace_id, before, limit)
+        return [audit_out(r) for r in rows]
+
+    # -- secrets at rest ----------------------------------------------------------------
+
+    async def rotate_secrets(self) -> int:
+        """Re-encrypt every upstream credential (and channel secret) not sealed with the
+        first ENCRYPTION_KEY. Returns how many values were rewritten."""
+        if self.keyring is None:
+            raise Invalid("ENCRYPTION_KEY", "is not set")
+        count = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch("SELECT id, workspace_id, upstream_headers FROM apis"
+                                    " WHERE upstream_headers <> '{}'::jsonb FOR UPDATE")
+            for row in rows:
+                headers, changed = dict(row["upstream_headers"]), False
+                for name, value in headers.items():
+                    if self.keyring.needs_rotation(value):
+                        aad = header_aad(row["id"], name)
+                        headers[name] = self.keyring.encrypt(self.keyring.decrypt(value, aad),
+                                                             aad)
+                        changed = True
+                        count += 1
+                if changed:
+                    await conn.execute("UPDATE apis SET upstream_headers = $2 WHERE id = $1",
+                                       row["id"], headers)
+                    await self._notify(conn, row["workspace_id"], "api", row["id"])
+            rows = await conn.fetch("SELECT id FROM notification_channels"
+                                    " WHERE secret IS NOT NULL FOR UPDATE")
+            for row in rows:
+                value = await conn.fetchval("SELECT secret FROM notification_channels"
+                                            " WHERE id = $1", row["id"])
+                if self.keyring.needs_rotation(value):
+                    aad = f"channel:{row['id']}:secret"
+                    await conn.execute(
+                        "UPDATE notification_channels SET secret = $2 WHERE id = $1", row["id"],
+                        self.keyring.encrypt(self.keyring.decrypt(value, aad), aad))
+                    count += 1
+        return count
