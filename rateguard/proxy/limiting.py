@@ -1,5 +1,10 @@
 """The proxy's limiter: Redis first, the policy's failure mode when Redis cannot answer.
 
+A scope value that Redis refused is refused locally until its retry-after has passed:
+until then Redis would refuse it too (counts only grow; a refusal consumes nothing), so
+abusive clients cost no Redis round trip and limits stay exact. The deadline is taken
+from the moment the call was sent, so it never outlasts Redis's own.
+
 A failed call opens the circuit: while it is open no request waits on Redis; requests
 go straight to the fallback (failure mode ``open``: the per-replica memory limiter;
 ``closed``: reject). A background probe closes the circuit as soon as Redis answers
@@ -10,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from rateguard.errors import LimiterUnavailable
 from rateguard.limiter.memory_store import MemoryStore
 from rateguard.limiter.policy import Decision, Policy
+
+MAX_DENIED = 100_000  # remembered refusals per policy
 from rateguard.limiter.redis_client import RedisReplyError
 from rateguard.limiter.redis_store import RedisStore
 
@@ -39,10 +47,27 @@ class Limiter:
     async def check(self, policy: Policy, scope_value: str) -> Decision | None:
         """The decision, or None when Redis is unavailable and the policy fails closed."""
         if self.redis_up:
+            denied = policy.denied
+            now = time.monotonic()
+            if denied:
+                entry = denied.get(scope_value)
+                if entry is not None:
+                    until, sent, decision = entry
+                    if now < until:
+                        reset = max(0, decision.reset_ms - int((now - sent) * 1000))
+                        return Decision(False, decision.limit, 0, reset,
+                                        int((until - now) * 1000) + 1)
+                    del denied[scope_value]
             try:
-                return await self.store.check(policy, scope_value)
+                decision = await self.store.check(policy, scope_value)
             except (LimiterUnavailable, OSError, RedisReplyError) as exc:
                 self._trip(exc)
+            else:
+                if not decision.allowed and decision.retry_after_ms > 0:
+                    if len(denied) >= MAX_DENIED:
+                        denied.clear()
+                    denied[scope_value] = (now + decision.retry_after_ms / 1000.0, now, decision)
+                return decision
         if policy.failure_mode == "open":
             return await self.fallback.check(policy, scope_value)
         return None

@@ -87,3 +87,29 @@ async def test_lua_and_memory_store_agree_within_one_window(store):
         assert [d.allowed for d in redis_decisions] == [d.allowed for d in memory_decisions]
         assert [d.remaining for d in redis_decisions] == [d.remaining for d in memory_decisions]
         assert [d.limit for d in redis_decisions] == [d.limit for d in memory_decisions]
+
+
+async def test_refused_scope_values_are_refused_locally_until_retry_after(store):
+    """The proxy's limiter remembers a refusal until its retry-after: no Redis call,
+    and the limit stays exact (it admits again as soon as Redis would)."""
+    from rateguard.proxy.limiting import Limiter
+
+    limiter = Limiter(store, MemoryStore())
+    p = policy("2/s")
+    assert [(await limiter.check(p, "k")).allowed for _ in range(2)] == [True, True]
+    refused = await limiter.check(p, "k")
+    assert not refused.allowed and refused.retry_after_ms <= 1000
+    calls_before = await store.client.execute("INFO", "commandstats")
+    again = await limiter.check(p, "k")
+    calls_after = await store.client.execute("INFO", "commandstats")
+
+    def evalsha_calls(info: bytes) -> int:
+        for line in info.decode().splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    assert not again.allowed and again.remaining == 0
+    assert evalsha_calls(calls_after) == evalsha_calls(calls_before)
+    await asyncio.sleep(refused.retry_after_ms / 1000 + 0.05)
+    assert (await limiter.check(p, "k")).allowed

@@ -1,0 +1,177 @@
+"""JSON Schemas (OpenAPI 3.1 dialect) of what the API takes and answers.
+
+Response schemas are exact (``additionalProperties: false``): the schemathesis test checks
+every response the server sends against them.
+"""
+
+from __future__ import annotations
+
+from rateguard.limiter.policy import ALGORITHMS, FAILURE_MODES, MODES, SCOPES
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict, required: list[str] | None = None, *, extra: bool = False) -> dict:
+    return {"type": "object", "properties": properties,
+            "required": list(properties) if required is None else required,
+            "additionalProperties": extra}
+
+
+def items_of(name: str) -> dict:
+    return obj({"items": {"type": "array", "items": ref(name)}})
+
+
+STR = {"type": "string"}
+ID = {"type": "string", "minLength": 1, "maxLength": 64}
+NULL_ID = {"type": ["string", "null"], "maxLength": 64}
+TIME = {"type": "string", "format": "date-time"}
+NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+INT = {"type": "integer", "minimum": 0}
+ROLE = {"type": "string", "enum": ["owner", "admin", "viewer"]}
+NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+LIMIT = {"type": "string", "description": "<count>/<window>, e.g. 100/s, 5000/h, 10/5m",
+         "examples": ["100/s"]}
+NULL_NUM = {"type": ["number", "null"]}
+
+COMPONENTS = {
+    "Error": obj({
+        "error": {"type": "string", "description": "machine-readable code"},
+        "message": {"type": "string", "description": "for people"},
+        "field": {"type": "string", "description": "the offending field (422)"},
+    }, ["error", "message"]),
+    "User": obj({"id": ID, "email": STR, "name": STR, "created_at": TIME}),
+    "Workspace": obj({"id": ID, "name": STR, "created_at": TIME, "role": ROLE}, ["id", "name", "created_at"]),
+    "Session": obj({
+        "access_token": STR, "refresh_token": STR,
+        "token_type": {"type": "string", "enum": ["Bearer"]},
+        "expires_in": {"type": "integer", "description": "seconds the access token lives"},
+        "user": ref("User"),
+        "workspace": ref("Workspace"),
+    }, ["access_token", "refresh_token", "token_type", "expires_in", "user"]),
+    "Me": obj({"user": ref("User"), "workspaces": {"type": "array", "items": ref("Workspace")}}),
+    "Member": obj({"user_id": ID, "email": STR, "name": STR, "role": ROLE, "created_at": TIME}),
+    "Invitation": obj({
+        "id": ID, "workspace_id": ID, "email": STR, "role": ROLE, "created_at": TIME,
+        "expires_at": TIME, "accepted_at": NULL_TIME, "revoked_at": NULL_TIME,
+        "token": {"type": "string", "description": "shown once, at creation"},
+    }, ["id", "workspace_id", "email", "role", "created_at", "expires_at", "accepted_at",
+        "revoked_at"]),
+    "Policy": obj({
+        "id": ID, "workspace_id": ID, "name": STR,
+        "limits": {"type": "array", "items": LIMIT, "minItems": 1},
+        "scope": {"type": "string", "enum": list(SCOPES)},
+        "mode": {"type": "string", "enum": list(MODES)},
+        "algorithm": {"type": "string", "enum": list(ALGORITHMS)},
+        "failure_mode": {"type": "string", "enum": list(FAILURE_MODES)},
+        "created_at": TIME, "updated_at": TIME,
+    }),
+    "Api": obj({
+        "id": ID, "workspace_id": ID, "name": STR,
+        "host": {"type": ["string", "null"]}, "prefix": STR, "upstream_url": STR,
+        "strip_prefix": {"type": "boolean"}, "policy_id": NULL_ID,
+        "timeout_seconds": NULL_NUM, "max_body_bytes": {"type": ["integer", "null"]},
+        "upstream_header_names": {
+            "type": "array", "items": STR,
+            "description": "headers injected upstream; their values are stored encrypted "
+                           "and never returned"},
+        "created_at": TIME, "updated_at": TIME,
+    }),
+    "Key": obj({
+        "id": ID, "workspace_id": ID, "name": STR,
+        "prefix": {"type": "string", "description": "the first 8 characters of the key"},
+        "last_four": STR, "policy_id": NULL_ID, "expires_at": NULL_TIME,
+        "revoked_at": NULL_TIME, "created_at": TIME, "created_by": NULL_ID,
+        "last_used_at": NULL_TIME, "replaced_by": NULL_ID,
+        "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        "key": {"type": "string", "description": "the plaintext key, only in the answer "
+                                                 "that creates it"},
+    }, ["id", "workspace_id", "name", "prefix", "last_four", "policy_id", "expires_at",
+        "revoked_at", "created_at", "created_by", "last_used_at", "replaced_by", "status"]),
+    "KeyRoll": obj({"key": ref("Key"), "previous": ref("Key")}),
+    "AuditEntry": obj({
+        "id": {"type": "integer"}, "actor_id": NULL_ID, "actor": STR, "action": STR,
+        "target_type": STR, "target_id": STR, "detail": {"type": "object"}, "created_at": TIME,
+    }),
+    "RequestsOverTime": obj({
+        "from": TIME, "to": TIME, "step_seconds": {"type": "integer"},
+        "buckets": {"type": "array", "items": obj({
+            "ts": TIME, "total": INT, "1xx": INT, "2xx": INT, "3xx": INT, "4xx": INT,
+            "5xx": INT})},
+    }),
+    "Latency": obj({
+        "from": TIME, "to": TIME, "step_seconds": {"type": "integer"},
+        "p50": NULL_NUM, "p95": NULL_NUM, "p99": NULL_NUM,
+        "buckets": {"type": "array", "items": obj({
+            "ts": TIME, "p50": {"type": "number"}, "p95": {"type": "number"},
+            "p99": {"type": "number"}})},
+    }),
+    "Decisions": obj({
+        "from": TIME, "to": TIME, "total": INT, "allowed": INT, "limited": INT,
+        "shadow_limited": INT, "unauthorized": INT, "error": INT,
+    }),
+    "TopKeys": obj({
+        "from": TIME, "to": TIME,
+        "items": {"type": "array", "items": obj({
+            "key_id": STR, "name": {"type": ["string", "null"]},
+            "prefix": {"type": ["string", "null"]}, "requests": INT, "limited": INT,
+            "errors": INT})},
+    }),
+    "TopPaths": obj({
+        "from": TIME, "to": TIME,
+        "items": {"type": "array", "items": obj({
+            "api_id": STR, "path": STR, "requests": INT, "errors": INT,
+            "p95_ms": {"type": "number"}})},
+    }),
+}
+for _name in ("Workspace", "Member", "Invitation", "Policy", "Api", "Key", "AuditEntry"):
+    COMPONENTS[_name + "List"] = items_of(_name)
+
+# -- request bodies -------------------------------------------------------------------------
+
+SIGNUP = obj({
+    "email": {"type": "string", "format": "email", "maxLength": 254},
+    "password": {"type": "string", "minLength": 8, "maxLength": 256},
+    "name": {"type": "string", "maxLength": 100},
+    "workspace_name": NAME,
+    "invitation": {"type": "string", "description": "an invitation token: join its workspace "
+                                                     "instead of creating one"},
+}, ["email", "password"])
+LOGIN = obj({"email": {"type": "string", "maxLength": 254},
+             "password": {"type": "string", "maxLength": 256}})
+REFRESH = obj({"refresh_token": STR})
+ACCEPT = obj({"token": STR})
+WORKSPACE_IN = obj({"name": NAME})
+ROLE_IN = obj({"role": ROLE})
+INVITATION_IN = obj({"email": {"type": "string", "format": "email"}, "role": ROLE})
+_POLICY_PROPS = {
+    "name": NAME,
+    "limits": {"type": "array", "items": LIMIT, "minItems": 1, "maxItems": 10},
+    "scope": {"type": "string", "enum": list(SCOPES), "default": "key"},
+    "mode": {"type": "string", "enum": list(MODES), "default": "enforce"},
+    "algorithm": {"type": "string", "enum": list(ALGORITHMS), "default": "sliding_window"},
+    "failure_mode": {"type": "string", "enum": list(FAILURE_MODES), "default": "open"},
+}
+POLICY_IN = obj(_POLICY_PROPS, ["name", "limits"])
+POLICY_PATCH = obj(_POLICY_PROPS, [])
+_API_PROPS = {
+    "name": NAME,
+    "host": {"type": ["string", "null"], "description": "null: any host"},
+    "prefix": {"type": "string", "pattern": "^/", "maxLength": 200},
+    "upstream_url": {"type": "string", "description": "http(s)://host[:port][/path]"},
+    "strip_prefix": {"type": "boolean", "default": True},
+    "policy_id": NULL_ID,
+    "timeout_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 3600},
+    "max_body_bytes": {"type": ["integer", "null"], "minimum": 1},
+    "upstream_headers": {
+        "type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20,
+        "description": "credentials the proxy adds to every upstream request; stored "
+                       "encrypted (ENCRYPTION_KEY), never returned; replaces all on update"},
+}
+API_IN = obj(_API_PROPS, ["name", "prefix", "upstream_url"])
+API_PATCH = obj(_API_PROPS, [])
+KEY_IN = obj({"name": NAME, "policy_id": NULL_ID, "expires_at": NULL_TIME}, ["name"])
+ROLL_IN = obj({"overlap_seconds": {
+    "type": "integer", "minimum": 0, "maximum": 30 * 86400, "default": 3600,
+    "description": "how long the old key keeps working (0: stops at once)"}}, [])

@@ -1,0 +1,158 @@
+"""The control-plane web application: management API, probes, and its background job.
+
+``build_app`` takes plain arguments (a DSN, secrets, an optional ClickHouse) so the same
+app runs under `rateguard web`, inside `rateguard up` (sharing the process that owns
+the embedded chdb engine) and in the tests.
+
+last_used_at: the proxy never writes to PostgreSQL. Every request it serves already
+becomes an event in ClickHouse, so a job here reads, every ``usage_interval`` seconds,
+the latest event time per key since its last pass and moves ``api_keys.last_used_at``
+forward (never back). It is idempotent, so running it in every web replica is safe;
+the value lags real use by at most the interval plus the analytics pipeline's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from rateguard.crypto import KeyRing
+from rateguard.db.connection import create_pool
+from rateguard.db.repository import Repository
+from rateguard.web.api.registry import (
+    CLICKHOUSE, CLICKHOUSE_DB, REPO, TOKENS, add_routes, error_response, errors_middleware,
+)
+from rateguard.web.auth import Tokens
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+
+
+class UsageJob:
+    """Copies each key's latest use from ClickHouse events to api_keys.last_used_at."""
+
+    def __init__(self, repo: Repository, clickhouse, database: str,
+                 interval: float = 30.0, lookback_seconds: int = 86400) -> None:
+        self.repo = repo
+        self.clickhouse = clickhouse
+        self.database = database
+        self.interval = interval
+        self.since_ms = int((time.time() - lookback_seconds) * 1000)
+        self.passes = 0
+
+    async def run_once(self) -> int:
+        # Look back a little before the last pass: events arrive a few seconds late.
+        started_ms = int(time.time() * 1000)
+        _cols, rows = await self.clickhouse.query(
+            f"SELECT key_id, toUnixTimestamp64Milli(max(ts)) FROM {self.database}.api_events"
+            " WHERE ts >= fromUnixTimestamp64Milli({since:Int64}) AND key_id != ''"
+            " AND decision IN ('allowed', 'limited', 'shadow_limited') GROUP BY key_id",
+            {"since": self.since_ms})
+        used = [(key_id, datetime.fromtimestamp(int(ms) / 1000, timezone.utc))
+                for key_id, ms in rows]
+        updated = await self.repo.record_last_used(used)
+        self.since_ms = started_ms - 120_000
+        self.passes += 1
+        return updated
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("last-used job: %s", exc)
+            await asyncio.sleep(self.interval)
+
+
+USAGE = web.AppKey("usage", UsageJob)
+
+
+def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None = None,
+              clickhouse=None, clickhouse_database: str = "rateguard",
+              usage_interval: float = 30.0, access_ttl: int | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
+    app[CLICKHOUSE_DB] = clickhouse_database
+    if clickhouse is not None:
+        app[CLICKHOUSE] = clickhouse
+    keyring = KeyRing(encryption_key) if encryption_key else None
+
+    async def database(app: web.Application):
+        pool = await create_pool(database_url)
+        app[REPO] = Repository(pool, keyring)
+        yield
+        await pool.close()
+
+    async def usage(app: web.Application):
+        task = None
+        if clickhouse is not None:
+            job = UsageJob(app[REPO], clickhouse, clickhouse_database, usage_interval)
+            app[USAGE] = job
+            task = asyncio.ensure_future(job.run())
+        yield
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(usage)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(request.app[REPO].pool.fetchval("SELECT 1"), 2)
+        except Exception as exc:
+            return error_response(503, "not_ready", f"PostgreSQL: {type(exc).__name__}")
+        return web.json_response({"ready": True, "postgres": "up",
+                                  "analytics": clickhouse is not None})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    add_routes(app)
+    return app
+
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def serve(settings, host: str, port: int) -> None:
+    """`rateguard web`: run until SIGTERM/SIGINT."""
+    from rateguard.analytics.clickhouse import ClickHouse
+
+    clickhouse = None
+    if settings.CLICKHOUSE_URL:
+        clickhouse = ClickHouse(settings.CLICKHOUSE_URL, settings.CLICKHOUSE_DATABASE,
+                                settings.ANALYTICS_TTL_DAYS)
+    app = build_app(settings.DATABASE_URL, settings.JWT_SECRET,
+                    encryption_key=settings.ENCRYPTION_KEY, clickhouse=clickhouse,
+                    clickhouse_database=settings.CLICKHOUSE_DATABASE)
+    runner = await start(app, host, port)
+    log.info("web: management API on http://%s:%d/api/v1", host, port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if clickhouse is not None:
+            await clickhouse.close()
