@@ -70,20 +70,37 @@ def proxy(config_file: str | None, host: str, port: int | None, no_events: bool)
 
     Serves traffic on PROXY_PORT (3001) with /healthz and /readyz, and Prometheus
     metrics on METRICS_PORT (9090). Needs REDIS_URL, KAFKA_BROKERS (unless
-    --no-events) and a config source (--config FILE).
+    --no-events) and a config source: --config FILE, or else DATABASE_URL (the
+    control plane's PostgreSQL, followed live through LISTEN/NOTIFY; ENCRYPTION_KEY
+    decrypts upstream credentials).
     """
     settings = _settings()
     settings.require("REDIS_URL")
     if not no_events:
         settings.require("KAFKA_BROKERS")
-    if not config_file:
-        raise RateGuardError("proxy: no config source; pass --config FILE "
-                             "(or set RATEGUARD_CONFIG)")
     from rateguard.proxy.app import serve
-    from rateguard.snapshot.yaml_source import YamlSource, load_file
 
-    load_file(config_file)  # fail now, with one line, if the file is bad
-    _run(serve(settings, YamlSource(config_file), host=host, port=port, events=not no_events))
+    if config_file:
+        from rateguard.snapshot.yaml_source import YamlSource, load_file
+
+        load_file(config_file)  # fail now, with one line, if the file is bad
+        source = YamlSource(config_file)
+    elif settings.DATABASE_URL:
+        from rateguard.snapshot.pg_source import PgSource
+
+        source = PgSource(settings.DATABASE_URL, _keyring(settings))
+    else:
+        raise RateGuardError("proxy: no config source; pass --config FILE "
+                             "(or set RATEGUARD_CONFIG), or set DATABASE_URL")
+    _run(serve(settings, source, host=host, port=port, events=not no_events))
+
+
+def _keyring(settings: Settings):
+    if not settings.ENCRYPTION_KEY:
+        return None
+    from rateguard.crypto import KeyRing
+
+    return KeyRing(settings.ENCRYPTION_KEY)
 
 
 @main.group(cls=_Group, invoke_without_command=True)
@@ -139,10 +156,21 @@ def analytics_query(minutes: int, limit: int, data_dir: Path) -> None:
 
 
 @main.command()
-def web() -> None:
-    """Run the dashboard and management API on port 3000 (not built yet)."""
-    raise RateGuardError("web: the dashboard and management API are not built yet "
-                         "(see the control-plane issue); use `rateguard proxy --config`")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Listen address.")
+@click.option("--port", default=3000, show_default=True, type=int, help="Listen port.")
+def web(host: str, port: int) -> None:
+    """Run the management API (/api/v1, OpenAPI at /api/v1/openapi.json) on port 3000.
+
+    Needs DATABASE_URL (migrated with `rateguard db migrate`) and JWT_SECRET;
+    ENCRYPTION_KEY to store upstream credentials; CLICKHOUSE_URL for the analytics
+    endpoints. Serves /healthz and /readyz.
+    """
+    settings = _settings()
+    settings.require("DATABASE_URL", "JWT_SECRET")
+    _keyring(settings)  # a malformed ENCRYPTION_KEY stops us now, in one line
+    from rateguard.web.app import serve
+
+    _run(serve(settings, host, port))
 
 
 @main.command()
@@ -169,13 +197,18 @@ def db() -> None:
 
 @db.command("migrate")
 def db_migrate() -> None:
-    """Create what the running system needs: the events topic (KAFKA_BROKERS) and the
-    ClickHouse database and tables (CLICKHOUSE_URL), whichever are set. Idempotent."""
+    """Create what the running system needs: the PostgreSQL schema (DATABASE_URL), the
+    events topic (KAFKA_BROKERS) and the ClickHouse database and tables
+    (CLICKHOUSE_URL), whichever are set. Idempotent; safe to run twice at once."""
     settings = _settings()
-    if not settings.KAFKA_BROKERS and not settings.CLICKHOUSE_URL:
-        raise RateGuardError("db migrate: set KAFKA_BROKERS and/or CLICKHOUSE_URL")
+    if not settings.DATABASE_URL and not settings.KAFKA_BROKERS and not settings.CLICKHOUSE_URL:
+        raise RateGuardError("db migrate: set DATABASE_URL, KAFKA_BROKERS and/or CLICKHOUSE_URL")
 
     async def main_() -> None:
+        if settings.DATABASE_URL:
+            from rateguard.db.migrate import migrate
+            applied = await migrate(settings.DATABASE_URL)
+            click.echo(f"postgres: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
         if settings.KAFKA_BROKERS:
             from rateguard.events.topics import ensure_topic
             await ensure_topic(settings.KAFKA_BROKERS, settings.KAFKA_TOPIC)
@@ -193,9 +226,124 @@ def db_migrate() -> None:
     _run(main_())
 
 
+@db.command("seed")
+@click.option("--upstream", default="http://127.0.0.1:8081", show_default=True,
+              help="Upstream URL of the demo API (/echo).")
+@click.option("--email", default="demo@rateguard.local", show_default=True)
+@click.option("--password", default=None, help="Demo password (default: random, printed).")
+def db_seed(upstream: str, email: str, password: str | None) -> None:
+    """Create a demo user, workspace, policy, API and key (through the same code as the
+    management API). Idempotent. Needs DATABASE_URL."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.seed import seed
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await seed(repo, upstream, email=email, password=password)
+
+    demo = _run_result(main_())
+    click.echo(f"workspace: {demo.workspace_id}\nlogin:     {demo.email}"
+               + (f" / {demo.password}" if demo.password else " (existing account)")
+               + f"\napi:       {demo.api['prefix']} -> {demo.api['upstream_url']}"
+               + f"\nkey:       {demo.key}")
+
+
 @main.group(cls=_Group)
 def keys() -> None:
-    """API key helpers for the declarative config."""
+    """API keys: in the database (create, list, revoke; needs DATABASE_URL) or for the
+    declarative config (new, hash)."""
+
+
+def _run_result(coro):
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+class _repository:
+    """A Repository on a small pool, for one CLI command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def __aenter__(self):
+        from rateguard.db.connection import create_pool
+        from rateguard.db.repository import Repository
+
+        self.pool = await create_pool(self.settings.DATABASE_URL, min_size=1, max_size=2)
+        return Repository(self.pool, _keyring(self.settings))
+
+    async def __aexit__(self, *exc) -> None:
+        await self.pool.close()
+
+
+@keys.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id (ws_...).")
+@click.option("--name", required=True, help="A name to recognise the key by.")
+@click.option("--policy", "policy_id", default=None, help="Policy id (pol_...).")
+@click.option("--expires-at", default=None, help="ISO 8601 time the key stops working.")
+def keys_create(workspace_id: str, name: str, policy_id: str | None,
+                expires_at: str | None) -> None:
+    """Create a key in a workspace; prints the key once."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _repository(settings) as repo:
+            await repo.get_workspace(workspace_id)
+            return await repo.create_key(Actor.cli(), workspace_id, {
+                "name": name, "policy_id": policy_id, "expires_at": expires_at})
+
+    made = _run_result(main_())
+    click.echo(f"id:  {made['id']}\nkey: {made['key']}\n(shown once; only its SHA-256 is stored)")
+
+
+@keys.command("list")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id (ws_...).")
+def keys_list(workspace_id: str) -> None:
+    """List the keys of a workspace (never the keys themselves)."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+
+    async def main_():
+        async with _repository(settings) as repo:
+            await repo.get_workspace(workspace_id)
+            return await repo.list_keys(workspace_id)
+
+    rows = _run_result(main_())
+    from rateguard.analytics.report import table
+
+    click.echo(table(["id", "name", "key", "status", "policy", "expires", "last used"], [
+        [k["id"], k["name"], f"{k['prefix']}...{k['last_four']}", k["status"],
+         k["policy_id"] or "-", _when(k["expires_at"]), _when(k["last_used_at"])]
+        for k in rows]))
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id: every proxy answers 401 for it within two seconds."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.errors import NotFound
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _repository(settings) as repo:
+            workspace_id = await repo.pool.fetchval(
+                "SELECT workspace_id FROM api_keys WHERE id = $1", key_id)
+            if workspace_id is None:
+                raise NotFound(f"key {key_id} not found")
+            return await repo.revoke_key(Actor.cli(), workspace_id, key_id)
+
+    revoked = _run_result(main_())
+    click.echo(f"{revoked['id']} ({revoked['name']}): revoked")
 
 
 @keys.command("new")
@@ -216,24 +364,95 @@ def keys_hash(key: str) -> None:
     click.echo(hash_key(key.strip()))
 
 
+@main.group(cls=_Group)
+def users() -> None:
+    """Dashboard and management API accounts (needs DATABASE_URL)."""
+
+
+@users.command("create")
+@click.option("--email", required=True)
+@click.option("--name", default="", help="Display name.")
+@click.option("--password", default=None,
+              help="Password (default: read from the RATEGUARD_PASSWORD variable or prompted).")
+@click.option("--workspace", "workspace_id", default=None,
+              help="Add to this workspace id, or 'new' for a workspace they own.")
+@click.option("--role", type=click.Choice(["owner", "admin", "viewer"]), default="viewer",
+              show_default=True, help="Role in --workspace.")
+def users_create(email: str, name: str, password: str | None, workspace_id: str | None,
+                 role: str) -> None:
+    """Create a user (argon2id-hashed password)."""
+    import os
+
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db import validate
+
+    password = password or os.environ.get("RATEGUARD_PASSWORD") or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True)
+    body = {"email": email, "password": password}
+    email, password = validate.email(body), validate.password(body)
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await repo.create_user(email, password, name, workspace_id, role)
+
+    user = _run_result(main_())
+    where = f" in {user['workspace']['id']} as {user['workspace']['role']}" \
+        if "workspace" in user else ""
+    click.echo(f"{user['id']} {user['email']}{where}")
+
+
+@main.group(cls=_Group)
+def secrets() -> None:
+    """Secrets at rest (ENCRYPTION_KEY)."""
+
+
+@secrets.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under the first key of ENCRYPTION_KEY.
+
+    Rotation: set ENCRYPTION_KEY=NEW,OLD everywhere, run this, then set
+    ENCRYPTION_KEY=NEW. `rateguard secrets new-key` prints a new key."""
+    settings = _settings()
+    settings.require("DATABASE_URL", "ENCRYPTION_KEY")
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await repo.rotate_secrets(), repo.keyring.primary_id
+
+    count, primary = _run_result(main_())
+    click.echo(f"re-encrypted {count} secret(s) under key id {primary}")
+
+
+@secrets.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new random ENCRYPTION_KEY."""
+    from rateguard.crypto import generate_key
+
+    click.echo(generate_key())
+
+
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".rateguard"), show_default=True,
               help="Where the embedded servers keep their data.")
 @click.option("--proxy-port", default=3001, show_default=True, type=int)
 @click.option("--metrics-port", default=9090, show_default=True, type=int)
-def up(data_dir: Path, proxy_port: int, metrics_port: int) -> None:
+@click.option("--web-port", default=3000, show_default=True, type=int,
+              help="Management API (and, later, the dashboard).")
+def up(data_dir: Path, proxy_port: int, metrics_port: int, web_port: int) -> None:
     """Run the whole system on this machine.
 
     Any of DATABASE_URL, REDIS_URL, KAFKA_BROKERS and CLICKHOUSE_URL that is not set is
     replaced by an embedded server (PostgreSQL, Valkey, a Tansu broker, chdb), so no
-    setting is needed. Seeds a demo API with a key and prints a curl line that works.
+    setting is needed. Migrates PostgreSQL, seeds a demo workspace (API, policy, key,
+    login), runs the management API on --web-port and prints a curl line that works.
     """
     from rateguard.up import run_up
 
     Settings.from_env()  # a malformed variable stops us before anything starts
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
-    run_up(data_dir, proxy_port, metrics_port)
+    run_up(data_dir, proxy_port, metrics_port, web_port)
 
 
 main.help = inspect.cleandoc(main.help or "") + "\n\nEnvironment variables:\n\n\b\n" + _env_table()

@@ -1,9 +1,11 @@
 """`rateguard up`: the whole system on one machine.
 
-Every URL missing from the environment is replaced by an embedded server; then the
-demo workspace is written, the echo upstream and the analytics worker run in this
-process (which therefore owns the chdb engine), and the proxy runs as a child process,
-as it would in production. Ctrl-C or SIGTERM stops everything.
+Every URL missing from the environment is replaced by an embedded server; then
+PostgreSQL is migrated and the demo workspace seeded through the management API's own
+code; the echo upstream, the analytics worker and the web control plane run in this
+process (which therefore owns the chdb engine that web's analytics endpoints read), and
+the proxy runs as a child process following PostgreSQL live, as it would in production.
+Ctrl-C or SIGTERM stops everything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -19,7 +22,6 @@ import time
 from pathlib import Path
 
 import click
-import yaml
 
 from rateguard.embedded import echo
 from rateguard.embedded.servers import (
@@ -29,12 +31,7 @@ from rateguard.embedded.servers import (
 from rateguard.errors import ServerStartError
 from rateguard.events.topics import ensure_topic
 from rateguard.settings import Settings
-from rateguard.snapshot.keys import hash_key, new_key
 from rateguard.workers import serve_health
-
-DEMO_POLICY = {"id": "demo", "limits": ["10/min"], "scope": "key", "mode": "enforce",
-               "algorithm": "sliding_log", "failure_mode": "open"}
-
 
 def step(message: str) -> None:
     click.echo(f"  {message}")
@@ -50,32 +47,25 @@ def port_free(port: int) -> bool:
             return False
 
 
-def write_demo_config(data_dir: Path, upstream_url: str) -> tuple[Path, str]:
-    """The demo workspace as a YAML config; the demo key is kept so restarts reuse it."""
-    key_file = data_dir / "demo-key.txt"
-    if key_file.exists():
-        key = key_file.read_text().strip()
-    else:
-        key = new_key()
-        key_file.write_text(key + "\n")
-        key_file.chmod(0o600)
-    config = {"workspaces": [{
-        "id": "demo", "name": "Demo workspace",
-        "policies": [DEMO_POLICY],
-        "apis": [{"id": "echo", "prefix": "/echo", "upstream": upstream_url,
-                  "strip_prefix": True, "policy": "demo"}],
-        "keys": [{"id": "demo-key", "sha256": hash_key(key), "policy": "demo"}],
-    }]}
-    path = data_dir / "rateguard.yaml"
-    path.write_text("# Written by `rateguard up`; edits are picked up live.\n"
-                    + yaml.safe_dump(config, sort_keys=False))
-    return path, key
+def local_secrets(data_dir: Path) -> dict[str, str]:
+    """JWT_SECRET and ENCRYPTION_KEY for this data directory, made once and kept."""
+    from rateguard.crypto import generate_key
+
+    path = data_dir / "secrets.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    if not {"JWT_SECRET", "ENCRYPTION_KEY"} <= set(stored):
+        stored = {"JWT_SECRET": secrets.token_urlsafe(48), "ENCRYPTION_KEY": generate_key(),
+                  **stored}
+        path.write_text(json.dumps(stored))
+        path.chmod(0o600)
+    return {name: value for name, value in stored.items() if not os.environ.get(name)}
 
 
-def run_up(data_dir: Path, proxy_port: int, metrics_port: int) -> None:
+def run_up(data_dir: Path, proxy_port: int, metrics_port: int, web_port: int = 3000) -> None:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    for port, flag in ((proxy_port, "--proxy-port"), (metrics_port, "--metrics-port")):
+    for port, flag in ((proxy_port, "--proxy-port"), (metrics_port, "--metrics-port"),
+                       (web_port, "--web-port")):
         if not port_free(port):
             raise ServerStartError(f"port {port} is in use; choose another with {flag}")
     click.echo(f"Starting RateGuard (data in {data_dir})")
@@ -100,9 +90,10 @@ def run_up(data_dir: Path, proxy_port: int, metrics_port: int) -> None:
         if not os.environ.get("CLICKHOUSE_URL"):
             env["CLICKHOUSE_URL"] = chdb_url(data_dir)
             step(f"ClickHouse      embedded chdb at {env['CLICKHOUSE_URL']}")
+        env.update(local_secrets(data_dir))
         settings = Settings.from_env({**os.environ, **env})
         import uvloop
-        uvloop.run(_serve(settings, data_dir, proxy_port, metrics_port))
+        uvloop.run(_serve(settings, data_dir, proxy_port, metrics_port, web_port))
     finally:
         for server in reversed(stack):
             server.stop()
@@ -110,8 +101,36 @@ def run_up(data_dir: Path, proxy_port: int, metrics_port: int) -> None:
         click.echo("RateGuard stopped.")
 
 
-async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_port: int) -> None:
+async def _seed(settings: Settings, data_dir: Path, upstream_url: str):
+    """Migrate PostgreSQL and seed the demo through the management API's own code.
+    The demo key and password are kept in the data directory so restarts reuse them."""
+    from rateguard.crypto import KeyRing
+    from rateguard.db.connection import create_pool
+    from rateguard.db.migrate import migrate
+    from rateguard.db.repository import Repository
+    from rateguard.db.seed import seed
+
+    await migrate(settings.DATABASE_URL)
+    key_file, login_file = data_dir / "demo-key.txt", data_dir / "demo-login.txt"
+    known_key = key_file.read_text().strip() if key_file.exists() else None
+    password = login_file.read_text().strip() if login_file.exists() else None
+    pool = await create_pool(settings.DATABASE_URL, max_size=2)
+    try:
+        repo = Repository(pool, KeyRing(settings.ENCRYPTION_KEY))
+        demo = await seed(repo, upstream_url, password=password, known_key=known_key)
+    finally:
+        await pool.close()
+    for path, value in ((key_file, demo.key), (login_file, demo.password or password)):
+        if value:
+            path.write_text(value + "\n")
+            path.chmod(0o600)
+    return demo, demo.password or password
+
+
+async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_port: int,
+                 web_port: int) -> None:
     from rateguard.analytics.worker import AnalyticsWorker
+    from rateguard.web.app import build_app, start
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -122,18 +141,27 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
     echo_port = free_port()
     echo_runner = await echo.start("127.0.0.1", echo_port)
     step(f"Echo upstream   http://127.0.0.1:{echo_port}")
-    config_path, key = write_demo_config(data_dir, f"http://127.0.0.1:{echo_port}")
+    demo, password = await _seed(settings, data_dir, f"http://127.0.0.1:{echo_port}")
+    key = demo.key
+    step(f"PostgreSQL      migrated; demo workspace {demo.workspace_id} seeded")
 
     analytics = AnalyticsWorker(settings)
     analytics_port = free_port()
     analytics_runner = await serve_health(analytics, "127.0.0.1", analytics_port)
     await analytics.start()
     step(f"Analytics       consuming '{settings.KAFKA_TOPIC}' into ClickHouse")
+    web_runner = await start(build_app(
+        settings.DATABASE_URL, settings.JWT_SECRET, encryption_key=settings.ENCRYPTION_KEY,
+        clickhouse=analytics.clickhouse, clickhouse_database=settings.CLICKHOUSE_DATABASE),
+        "0.0.0.0", web_port)
+    web_url = f"http://127.0.0.1:{web_port}"
+    step(f"Web             {web_url} (management API {web_url}/api/v1)")
 
     child_env = {**settings.as_env(), "PROXY_PORT": str(proxy_port),
                  "METRICS_PORT": str(metrics_port)}
-    proxy = start_process([sys.executable, "-m", "rateguard", "proxy", "--config",
-                           str(config_path)], child_env, data_dir / "proxy.log")
+    child_env.pop("RATEGUARD_CONFIG", None)
+    proxy = start_process([sys.executable, "-m", "rateguard", "proxy"], child_env,
+                          data_dir / "proxy.log")
     try:
         wait_for_port(proxy_port, 20, f"the proxy (log: {data_dir / 'proxy.log'})", proxy)
         step(f"Proxy           http://127.0.0.1:{proxy_port} (metrics :{metrics_port})")
@@ -141,8 +169,9 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
         (data_dir / "up.json").write_text(json.dumps({
             "pid": os.getpid(), "proxy_url": proxy_url,
             "analytics_url": f"http://127.0.0.1:{analytics_port}",
-            "config": str(config_path), "started": time.time()}))
-        limits = ", ".join(DEMO_POLICY["limits"])
+            "web_url": web_url, "config": "postgresql", "started": time.time()}))
+        policy = demo.policy
+        limits = ", ".join(policy["limits"])
         data_flag = "" if data_dir == Path(".rateguard").resolve() else \
             f" --data-dir {shlex.quote(str(data_dir))}"
         click.echo(f"""
@@ -151,9 +180,11 @@ RateGuard is up.
   Proxy URL   {proxy_url}
   Demo API    {proxy_url}/echo  ->  built-in echo upstream
   Demo key    {key}
-  Policy      '{DEMO_POLICY['id']}': {limits} per key ({DEMO_POLICY['algorithm']}, {DEMO_POLICY['mode']})
+  Policy      '{policy['name']}': {limits} per key ({policy['algorithm']}, {policy['mode']})
   Metrics     http://127.0.0.1:{metrics_port}/metrics
-  Config      {config_path} (edits apply live)
+  Config      PostgreSQL (changes through the API reach the proxy within seconds)
+  Dashboard   {web_url}  (management API {web_url}/api/v1, docs {web_url}/api/v1/openapi.json)
+  Demo login  {demo.email} / {password or '(unchanged; see ' + str(data_dir / 'demo-login.txt') + ')'}
 
 Try it (the 11th call within a minute answers 429):
 
@@ -162,6 +193,10 @@ curl -i -H 'Authorization: Bearer {key}' {proxy_url}/echo/hello
 See the requests land in ClickHouse:
 
   rateguard analytics query{data_flag}
+
+Sign in to the management API (then create keys, policies and APIs under /api/v1):
+
+  curl -s {web_url}/api/v1/auth/login -H 'Content-Type: application/json' -d '{{"email": "{demo.email}", "password": "{password}"}}'
 
 Press Ctrl-C to stop.""")
         while not stop.is_set():
@@ -176,6 +211,7 @@ Press Ctrl-C to stop.""")
         click.echo("\nStopping...")
     finally:
         await loop.run_in_executor(None, stop_process, proxy)
+        await web_runner.cleanup()
         await analytics.stop()
         await analytics_runner.cleanup()
         await echo_runner.cleanup()

@@ -59,3 +59,36 @@ def topic():
 @pytest.fixture(scope="session")
 def clickhouse_db():
     return f"rg_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(workdir):
+    """A PostgreSQL server: DATABASE_URL, or an embedded one. Tests make their own
+    databases on it (see ``new_database``)."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    from rateguard.embedded.servers import EmbeddedPostgres
+
+    server = EmbeddedPostgres(workdir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def new_database(postgres_url):
+    """new_database() -> the URL of a fresh, empty database on the test server."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    async def make() -> str:
+        name = f"rg_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        return urlunsplit(urlsplit(postgres_url)._replace(path="/" + name))
+
+    return make

@@ -129,17 +129,18 @@ def policy(body: Any, current: dict | None = None) -> dict:
         raise Invalid("limits", "must be a non-empty list such as [\"100/s\", \"5000/h\"]")
     if len(limits) > 10:
         raise Invalid("limits", "at most 10 limits")
-    parsed = []
+    parsed, texts = [], []
     for i, item in enumerate(limits):
         if not isinstance(item, str):
             raise Invalid(f"limits[{i}]", "must be a string such as \"100/s\"")
         try:
             parsed.append(parse_limit(item))
+            texts.append(" ".join(item.lower().split()))
         except ConfigError as exc:
             raise Invalid(f"limits[{i}]", str(exc)) from None
     clean = {
         "name": name,
-        "limits": [str(limit) for limit in parsed],
+        "limits": texts,
         "scope": choice(merged, "scope", SCOPES, "key"),
         "mode": choice(merged, "mode", MODES, "enforce"),
         "algorithm": choice(merged, "algorithm", ALGORITHMS, "sliding_window"),
