@@ -22,6 +22,8 @@ class RedisStore:
     """Evaluates policies in Redis with ``EVALSHA``; reloads the script on ``NOSCRIPT``
     (after a Redis restart or ``SCRIPT FLUSH``)."""
 
+    sharded = False  # one server: a failure concerns every call
+
     def __init__(self, client: RedisClient) -> None:
         self.client = client
 
@@ -55,3 +57,6 @@ class RedisStore:
             return await self.client.ping()
         except Exception:
             return False
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -77,8 +77,13 @@ class ProxyApp:
     async def start(self) -> None:
         settings = self.settings
         snapshot: Snapshot = await self.source.load()
-        client = RedisClient(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_MS / 1000.0)
-        limiter = Limiter(RedisStore(client), MemoryStore(),
+        timeout = settings.REDIS_TIMEOUT_MS / 1000.0
+        if settings.redis_cluster:
+            from rateguard.limiter.cluster_store import ClusterStore
+            store = ClusterStore(settings.REDIS_URL, timeout=timeout)
+        else:
+            store = RedisStore(RedisClient(settings.REDIS_URL, timeout=timeout))
+        limiter = Limiter(store, MemoryStore(),
                           on_state=lambda up: self.metrics.redis_up.set(1 if up else 0))
         await limiter.start()
         gateway = Gateway(snapshot, limiter, instance=self.instance)

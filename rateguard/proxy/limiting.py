@@ -5,10 +5,14 @@ until then Redis would refuse it too (counts only grow; a refusal consumes nothi
 abusive clients cost no Redis round trip and limits stay exact. The deadline is taken
 from the moment the call was sent, so it never outlasts Redis's own.
 
-A failed call opens the circuit: while it is open no request waits on Redis; requests
+With one Redis server, a failed call opens the circuit: while it is open no request waits on Redis; requests
 go straight to the fallback (failure mode ``open``: the per-replica memory limiter;
 ``closed``: reject). A background probe closes the circuit as soon as Redis answers
-again and the script is loaded.
+again and the script is loaded. On Redis Cluster the store keeps a circuit per shard
+(limiter/cluster_store.py), so one dead shard leaves the others' workspaces alone.
+
+The store is a RedisStore or a ClusterStore: ``load()``, ``check(policy, scope)``,
+``close()`` and ``sharded``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ from rateguard.limiter.policy import Decision, Policy
 
 MAX_DENIED = 100_000  # remembered refusals per policy
 from rateguard.limiter.redis_client import RedisReplyError
-from rateguard.limiter.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
 
 class Limiter:
-    def __init__(self, store: RedisStore, fallback: MemoryStore, *,
+    def __init__(self, store, fallback: MemoryStore, *,
                  probe_interval: float = 0.5, on_state=None) -> None:
         self.store = store
         self.fallback = fallback
@@ -37,6 +40,7 @@ class Limiter:
         self.redis_up = True
         self._probe: asyncio.Task | None = None
         self._on_state = on_state or (lambda up: None)
+        self._last_shard_log = 0.0
 
     async def start(self) -> None:
         try:
@@ -61,7 +65,10 @@ class Limiter:
             try:
                 decision = await self.store.check(policy, scope_value)
             except (LimiterUnavailable, OSError, RedisReplyError) as exc:
-                self._trip(exc)
+                if self.store.sharded:
+                    self._shard_failed(exc)  # the store skips that shard for a while
+                else:
+                    self._trip(exc)
             else:
                 if not decision.allowed and decision.retry_after_ms > 0:
                     if len(denied) >= MAX_DENIED:
@@ -71,6 +78,12 @@ class Limiter:
         if policy.failure_mode == "open":
             return await self.fallback.check(policy, scope_value)
         return None
+
+    def _shard_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_shard_log > 5.0:
+            self._last_shard_log = now
+            log.warning("limiter: %s; its workspaces use their failure modes", exc)
 
     def _trip(self, exc: Exception) -> None:
         if self.redis_up:
@@ -95,4 +108,4 @@ class Limiter:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        await self.store.client.close()
+        await self.store.close()
