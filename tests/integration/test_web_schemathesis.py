@@ -1,0 +1,110 @@
+"""schemathesis against `rateguard web` (a real process on a real PostgreSQL and its own
+embedded ClickHouse), driven by the OpenAPI document the server itself serves: no
+response may be a 5xx, use an undocumented status or content type, or break its schema.
+
+Generated requests carry a signed-in owner's token and, in place of the generated
+workspace id, that owner's real workspace, so they reach the handlers and validation
+rather than stopping at 404. The example count is kept small for a fast suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import schemathesis
+from aiohttp import web
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance, not_a_server_error, response_schema_conformance,
+    status_code_conformance,
+)
+
+from rateguard.db.migrate import migrate
+from rateguard.embedded.servers import free_port, stop_process, wait_for_port
+from tests.integration.control import ENCRYPTION_KEY, JWT_SECRET
+
+pytestmark = pytest.mark.integration
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def served(new_database, workdir):
+    database_url = await new_database()
+    await migrate(database_url)
+    clickhouse = workdir / "clickhouse-web"
+    clickhouse.mkdir(exist_ok=True)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("KAFKA_BROKERS",)},
+           "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
+           "ENCRYPTION_KEY": ENCRYPTION_KEY, "CLICKHOUSE_URL": f"chdb://{clickhouse}",
+           "CLICKHOUSE_DATABASE": "rateguard", "RATEGUARD_ENV": "development"}
+    subprocess.run([sys.executable, "-m", "rateguard", "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    port = free_port()
+    with open(workdir / "web-schemathesis.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rateguard", "web", "--host",
+                                 "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 20, "rateguard web", proc)
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/v1/auth/signup", json={
+                    "email": "fuzz@example.com", "password": "fuzzing password"}) as response:
+                assert response.status == 201
+                session = await response.json()
+            auth = {"Authorization": f"Bearer {session['access_token']}"}
+            workspace = session["workspace"]["id"]
+            # Something in every list, so list answers are checked with content.
+            for kind, body in (
+                    ("policies", {"name": "p", "limits": ["5/s"]}),
+                    ("apis", {"name": "a", "prefix": "/a", "upstream_url": "http://127.0.0.1:1",
+                              "upstream_headers": {"X-Token": "t"}}),
+                    ("keys", {"name": "k", "expires_at": "2099-01-01T00:00:00Z"}),
+                    ("invitations", {"email": "guest@example.com", "role": "viewer"})):
+                async with http.post(f"{base}/api/v1/workspaces/{workspace}/{kind}",
+                                     headers=auth, json=body) as response:
+                    assert response.status == 201, await response.text()
+        yield {"base": base, "auth": auth, "workspace": workspace}
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def openapi(served):
+    return schemathesis.openapi.from_url(served["base"] + "/api/v1/openapi.json")
+
+
+def operations() -> list[tuple[str, str]]:
+    """What the served document lists (it is built from this table), less logout, which
+    would end the session the other cases use."""
+    from rateguard.web.api import registry
+
+    app = web.Application()
+    registry.add_routes(app)  # imports every module that declares operations
+    return [(op.method, registry.PREFIX + op.path) for op in registry.OPERATIONS
+            if op.operation_id != "logout"]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                         ids=["positive", "negative"])
+@pytest.mark.parametrize("method,path", operations(), ids=lambda v: v)
+def test_the_served_api_matches_its_openapi_document(openapi, served, method, path, mode):
+    operation = openapi[path][method]
+    fixed = {"workspace_id": served["workspace"]} if "{workspace_id}" in path else None
+    strategy = operation.as_strategy(generation_mode=mode, path_parameters=fixed)
+
+    @given(case=strategy)
+    @settings(max_examples=4, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    def check(case):
+        case.call_and_validate(base_url=served["base"], headers=served["auth"], checks=CHECKS)
+
+    check()
