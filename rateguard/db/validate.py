@@ -49,6 +49,8 @@ def text(body: dict, name: str, *, max_len: int = 100, min_len: int = 1,
     if not isinstance(value, str):
         raise Invalid(name, "must be a string")
     value = value.strip()
+    if not value.isprintable():
+        raise Invalid(name, "must not contain control characters")
     if not min_len <= len(value) <= max_len:
         raise Invalid(name, f"must be {min_len} to {max_len} characters")
     return value
@@ -58,7 +60,7 @@ def optional_id(body: dict, name: str) -> str | None:
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or "\x00" in value:
         raise Invalid(name, "must be an id or null")
     return value
 
@@ -176,7 +178,7 @@ def api(body: Any, current: dict | None = None) -> dict:
         raise Invalid("prefix", "must be a path starting with '/' such as /orders")
     prefix = prefix.rstrip("/") or "/"
     upstream = merged.get("upstream_url")
-    if not isinstance(upstream, str) or len(upstream) > 2000:
+    if not isinstance(upstream, str) or len(upstream) > 2000 or not upstream.isprintable():
         raise Invalid("upstream_url", "must be a URL such as http://orders.internal:8080/v1")
     try:
         Upstream.parse(upstream)

@@ -465,3 +465,17 @@ async def test_probes_and_unknown_paths(plane):
     assert (status, error["error"]) == (404, "not_found")
     status, error = await plane.call("PUT", "/me")
     assert (status, error["error"]) == (405, "method_not_allowed")
+
+
+async def test_nul_bytes_and_deep_json_are_client_errors(plane, owner):
+    status, error = await plane.call("POST", ws(owner, "/policies"), owner,
+                                     json={"name": "a\x00b", "limits": ["1/s"]})
+    assert (status, error["field"]) == (422, "name")
+    status, _ = await plane.call("GET", f"/workspaces/{owner.workspace_id}%00", owner)
+    assert status == 404
+    status, error = await plane.call("POST", "/auth/login",
+                                     json={"email": "a\x00@example.com", "password": "x"})
+    assert (status, error["field"]) == (422, "email")
+    status, error = await plane.call("POST", "/auth/signup", data=b"[" * 100000,
+                                     headers={"Content-Type": "application/json"})
+    assert (status, error["error"]) == (400, "bad_request")

@@ -41,7 +41,8 @@ async def signup(ctx: Ctx):
 async def login(ctx: Ctx):
     body = validate.body_object(ctx.body, {"email", "password"}, {"email", "password"})
     for name in ("email", "password"):
-        if not isinstance(body[name], str) or not 1 <= len(body[name]) <= 256:
+        if not isinstance(body[name], str) or not 1 <= len(body[name]) <= 256 \
+                or "\x00" in body[name]:
             raise Invalid(name, "must be a non-empty string")
     user = await ctx.repo.authenticate(body["email"].strip(), body["password"])
     session_id, refresh = await ctx.repo.create_session(user["id"])

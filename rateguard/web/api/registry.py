@@ -11,6 +11,7 @@ does not exist; a member whose role is too low gets 403.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -21,6 +22,8 @@ from aiohttp import web
 from rateguard.db.errors import ControlError, Forbidden, Invalid, NotFound, Unauthorized
 from rateguard.db.repository import ROLE_RANK, Actor, Repository
 from rateguard.web.auth import Tokens, bearer
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 
@@ -156,13 +159,15 @@ async def _read_body(ctx: Ctx, operation: Operation) -> None:
         return
     try:
         ctx.body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ControlError("request body: not valid JSON") from None
 
 
 def handler_for(operation: Operation):
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = Ctx(request, request.app[REPO])
+        if any("\x00" in value for value in request.match_info.values()):
+            raise NotFound("not found")  # PostgreSQL text cannot hold NUL: no such id
         if operation.access != "public":
             await _authenticate(ctx, request.app[TOKENS])
         if operation.in_workspace:
@@ -200,11 +205,15 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
                 413: "payload_too_large"}.get(exc.status, "bad_request")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, exc.reason, headers=headers)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal", "internal error; the server log has details")
 
 
 def add_routes(app: web.Application) -> None:
     # Import the modules that declare operations (each registers on import).
     from rateguard.web.api import accounts, analytics, gateway, workspaces  # noqa: F401
+    from rateguard.alerts import api as alerts_api  # noqa: F401
     from rateguard.web.api.openapi import openapi_handler
 
     for operation in OPERATIONS:
