@@ -173,10 +173,147 @@ def web(host: str, port: int) -> None:
     _run(serve(settings, host, port))
 
 
-@main.command()
-def alerts() -> None:
-    """Run the alerts worker: rules over ClickHouse -> notifications (not built yet)."""
-    raise RateGuardError("alerts: the alerts worker is not built yet (see the alerts issue)")
+@main.group(cls=_Group, invoke_without_command=True)
+@click.pass_context
+def alerts(ctx: click.Context) -> None:
+    """Run the alerts worker: rules over ClickHouse -> notifications.
+
+    Evaluates every ALERTS_INTERVAL_SECONDS (30) and notifies on firing and resolved
+    (signed webhook, Slack, SMTP). Run as many replicas as you like: one leads (a
+    PostgreSQL advisory lock), the others stand by and take over within seconds.
+    Needs DATABASE_URL, CLICKHOUSE_URL and ENCRYPTION_KEY (channel secrets); serves
+    /healthz and /readyz on HEALTH_PORT (8080). `rateguard alerts rules ...` manages rules.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings()
+    settings.require("DATABASE_URL", "CLICKHOUSE_URL")
+    _keyring(settings)
+    from rateguard.alerts.worker import AlertsWorker
+    from rateguard.workers import run_worker
+
+    _run(run_worker(AlertsWorker(settings), port=settings.HEALTH_PORT))
+
+
+class _alert_store:
+    """An AlertStore on a small pool, for one CLI command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.inner = _repository(settings)
+
+    async def __aenter__(self):
+        from rateguard.alerts.store import AlertStore
+
+        return AlertStore(await self.inner.__aenter__())
+
+    async def __aexit__(self, *exc) -> None:
+        await self.inner.__aexit__(*exc)
+
+
+@alerts.group("rules", cls=_Group)
+def alerts_rules() -> None:
+    """Alert rules (needs DATABASE_URL)."""
+
+
+@alerts_rules.command("list")
+@click.option("--workspace", "workspace_id", default=None, help="Only this workspace.")
+def alerts_rules_list(workspace_id: str | None) -> None:
+    """List rules with their current state."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+
+    async def main_():
+        async with _alert_store(settings) as store:
+            return await store.list_rules(workspace_id)
+
+    from rateguard.alerts.rules import describe
+    from rateguard.analytics.report import table
+
+    rows = _run_result(main_())
+    click.echo(table(["id", "workspace", "name", "condition", "for", "channels", "state",
+                      "value"], [
+        [r["id"], r["workspace_id"], r["name"],
+         f"{r['metric']}{'@' + r['api_id'] if r['api_id'] else ''} {r['comparator']} "
+         f"{describe(r['metric'], r['threshold'])} over {r['window_seconds']}s",
+         f"{r['for_seconds']}s", ",".join(r["channel_ids"]) or "-",
+         r["state"] if r["enabled"] else "disabled", describe(r["metric"], r["last_value"])]
+        for r in rows]))
+
+
+@alerts_rules.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id (ws_...).")
+@click.option("--name", required=True)
+@click.option("--metric", required=True, type=click.Choice(
+    ["error_rate", "p95_latency", "p99_latency", "limited_ratio", "request_count"]))
+@click.option("--above", "above", type=float, default=None, help="Fire when above this.")
+@click.option("--below", "below", type=float, default=None, help="Fire when below this.")
+@click.option("--window", "window_seconds", type=int, default=300, show_default=True,
+              help="Seconds of traffic the metric is computed over.")
+@click.option("--for", "for_seconds", type=int, default=0, show_default=True,
+              help="Seconds the condition must hold before firing.")
+@click.option("--api", "api_id", default=None, help="Only this API (api_...).")
+@click.option("--channel", "channel_ids", multiple=True, help="Channel id (repeatable).")
+def alerts_rules_create(workspace_id: str, name: str, metric: str, above: float | None,
+                        below: float | None, window_seconds: int, for_seconds: int,
+                        api_id: str | None, channel_ids: tuple[str, ...]) -> None:
+    """Create a rule, e.g. --metric error_rate --above 0.05 --window 300 --for 60.
+    Ratios (error_rate, limited_ratio) are shares from 0 to 1; latency is in ms."""
+    if (above is None) == (below is None):
+        raise RateGuardError("alerts rules create: give exactly one of --above and --below")
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _alert_store(settings) as store:
+            await store.repo.get_workspace(workspace_id)
+            return await store.create_rule(Actor.cli(), workspace_id, {
+                "name": name, "metric": metric,
+                "comparator": "above" if above is not None else "below",
+                "threshold": above if above is not None else below,
+                "window_seconds": window_seconds, "for_seconds": for_seconds,
+                "api_id": api_id, "channel_ids": list(channel_ids)})
+
+    made = _run_result(main_())
+    click.echo(f"{made['id']} {made['name']}: {made['metric']} {made['comparator']} "
+               f"{made['threshold']:g} over {made['window_seconds']}s")
+
+
+@alerts_rules.command("delete")
+@click.argument("rule_id")
+def alerts_rules_delete(rule_id: str) -> None:
+    """Delete a rule (and its history)."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _alert_store(settings) as store:
+            await store.delete_rule(Actor.cli(), None, rule_id)
+
+    _run_result(main_())
+    click.echo(f"{rule_id}: deleted")
+
+
+@alerts.command("test")
+@click.argument("channel_id")
+def alerts_test(channel_id: str) -> None:
+    """Send a test notification through CHANNEL_ID now; exit code 1 if it failed."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _alert_store(settings) as store:
+            return await store.send_test(Actor.cli(), None, channel_id)
+
+    result = _run_result(main_())
+    if result["ok"]:
+        click.echo(f"{channel_id}: delivered (status {result['status_code']}, "
+                   f"{result['duration_ms']:.0f} ms)")
+    else:
+        click.echo(f"{channel_id}: failed: {result['error']}", err=True)
+        sys.exit(1)
 
 
 @main.command()

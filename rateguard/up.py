@@ -2,9 +2,10 @@
 
 Every URL missing from the environment is replaced by an embedded server; then
 PostgreSQL is migrated and the demo workspace seeded through the management API's own
-code; the echo upstream, the analytics worker and the web control plane run in this
-process (which therefore owns the chdb engine that web's analytics endpoints read), and
-the proxy runs as a child process following PostgreSQL live, as it would in production.
+code; the echo upstream, the analytics and alerts workers and the web control plane run
+in this process (which therefore owns the chdb engine that web's analytics endpoints and
+the alerts worker read), and the proxy runs as a child process following PostgreSQL
+live, as it would in production.
 Ctrl-C or SIGTERM stops everything.
 """
 
@@ -129,6 +130,7 @@ async def _seed(settings: Settings, data_dir: Path, upstream_url: str):
 
 async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_port: int,
                  web_port: int) -> None:
+    from rateguard.alerts.worker import AlertsWorker
     from rateguard.analytics.worker import AnalyticsWorker
     from rateguard.web.app import build_app, start
 
@@ -150,6 +152,11 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
     analytics_runner = await serve_health(analytics, "127.0.0.1", analytics_port)
     await analytics.start()
     step(f"Analytics       consuming '{settings.KAFKA_TOPIC}' into ClickHouse")
+    # Alerts read ClickHouse through the analytics worker's client: chdb allows one
+    # engine per process, and this process owns it.
+    alerts = AlertsWorker(settings, clickhouse=analytics.clickhouse)
+    await alerts.start()
+    step(f"Alerts          evaluating rules every {alerts.interval:g}s")
     web_runner = await start(build_app(
         settings.DATABASE_URL, settings.JWT_SECRET, encryption_key=settings.ENCRYPTION_KEY,
         clickhouse=analytics.clickhouse, clickhouse_database=settings.CLICKHOUSE_DATABASE),
@@ -212,6 +219,7 @@ Press Ctrl-C to stop.""")
     finally:
         await loop.run_in_executor(None, stop_process, proxy)
         await web_runner.cleanup()
+        await alerts.stop()
         await analytics.stop()
         await analytics_runner.cleanup()
         await echo_runner.cleanup()

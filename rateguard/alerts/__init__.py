@@ -1,0 +1,1 @@
+"""Alerts: rules over the traffic in ClickHouse, state in PostgreSQL, notifications."""
