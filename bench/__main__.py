@@ -142,6 +142,7 @@ def run(args, command_line: str) -> int:
         os.sched_setaffinity(0, layout.helpers)  # the harness itself: out of the way
     from bench.harness.load import wrk_path
     meta = {"command": command_line, "machine": machine, "layout": layout.describe(),
+            "revision": procs.revision(BENCH_DIR.parent),
             "generator": ("wrk" if wrk_path() else "python") if options.generator == "auto"
             else options.generator, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -208,7 +209,8 @@ def rerender(dirs: list[Path]) -> int:
                     r["rps_per_core"] = round(r["requests"] / r["cpu_s"])
             runner.dump(path, data)
             report.chart(data, path.with_suffix(".png"))
-            meta = {k: data.get(k) for k in ("command", "machine", "layout", "generator")}
+            meta = {k: data.get(k) for k in ("command", "machine", "layout", "generator",
+                                             "revision")}
             reports.append(data)
         (directory / "summary.md").write_text(report.summary_markdown(reports, meta))
         print(report.table(reports))

@@ -179,6 +179,21 @@ def machine() -> dict:
     return info
 
 
+def revision(repo: Path) -> str | None:
+    """The commit being measured, and whether rateguard/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
+                                "rateguard"], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not head:
+        return None
+    return head + (" + uncommitted changes in rateguard/" if dirty else "")
+
+
 class Layout:
     """Which cores run what. With two or more cores the server under test (the proxy,
     a baseline, or the upstream in the direct run) gets one core to itself and the load

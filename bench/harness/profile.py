@@ -15,6 +15,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# Frames every sample passes through (start-up, the CLI, the loop itself): left out of
+# the inclusive table, where they would only say "100 %".
+_WRAPPERS = ("<frozen runpy>", "click/", "rateguard/cli.py", "rateguard/__main__.py",
+             "uvloop/__init__.py", "asyncio/runners.py", "loop.c", "core.c", "object.h",
+             "libc.so")
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -73,7 +78,8 @@ def summarise(raw: Path, top: int = 25) -> dict:
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
-            inclusive[frame] += count
+            if not any(w in frame for w in _WRAPPERS):
+                inclusive[frame] += count
 
     def table(counter: Counter) -> list[dict]:
         return [{"function": name, "samples": n, "pct": round(100 * n / total, 1)}
@@ -83,7 +89,9 @@ def summarise(raw: Path, top: int = 25) -> dict:
 
 
 def render(summary: dict) -> str:
-    lines = [f"py-spy samples: {summary['samples']}", "", "top self (on CPU in this function):"]
+    lines = [f"py-spy samples: {summary['samples']}", "",
+             "top self (on CPU in this function; 'Runner.run' without --native is the",
+             "event loop's own C code: epoll, socket read/write syscalls, callbacks):"]
     lines += [f"  {row['pct']:5.1f}%  {row['function']}" for row in summary["self"]]
     lines += ["", "top inclusive (this function or what it calls):"]
     lines += [f"  {row['pct']:5.1f}%  {row['function']}" for row in summary["inclusive"]]

@@ -103,7 +103,9 @@ def summary_markdown(reports: list[dict], meta: dict) -> str:
     lines = ["# RateGuard bench results", "",
              f"- command: `{meta.get('command', '')}`",
              f"- generator: {meta.get('generator', '')}; pinning: {meta.get('layout', {})}",
-             f"- machine: {meta.get('machine', {})}", "", table(reports), ""]
+             f"- machine: {meta.get('machine', {})}",
+             f"- measured: {meta.get('revision') or 'unknown revision'}", "",
+             table(reports), ""]
     for report in reports:
         for target, r in report["results"].items():
             if r.get("memory_timeline"):

@@ -508,13 +508,21 @@ def run_scenario(scenario: Scenario, options: Options, infra: Infra, layout: pro
                   "features": scenario.features, "connections": scenario.connections,
                   "response_bytes": scenario.size, "keys": scenario.keys,
                   "rate": scenario.rate or None, "duration_s": options.duration,
-                  "repeat": options.repeat, "results": results}
+                  "repeat": options.repeat, "results": results,
+                  "loadavg_at_end": _loadavg()}
         if options.repeat > 1:
             report["all_runs"] = runs
         return report
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+def _loadavg() -> list[str] | None:
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return None
 
 
 def _median(runs: list[dict]) -> dict:
