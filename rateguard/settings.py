@@ -117,7 +117,20 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "UPSTREAM_CONNECT_TIMEOUT": (_positive_float, 5.0, "seconds to connect to an upstream"),
     "UPSTREAM_TIMEOUT": (_positive_float, 30.0, "default seconds to wait for an upstream response"),
     "REDIS_TIMEOUT_MS": (_positive_int, 250, "limiter call timeout in milliseconds"),
-    "EVENT_QUEUE_SIZE": (_positive_int, 100_000, "events held in memory before dropping"),
+    "EVENT_QUEUE_SIZE": (_positive_int, 100_000, "events held in memory before spooling"),
+    "EVENT_SPOOL_DIR": (str, None, "directory of the on-disk event spool (unset: no spool)"),
+    "EVENT_SPOOL_MAX_BYTES": (_positive_int, 512 * 1024 * 1024,
+                              "size cap of the event spool; past it events are dropped"),
+    "EVENT_SPOOL_AFTER_SECONDS": (_positive_float, 10.0,
+                                  "Kafka outage after which queued events move to the spool"),
+    "PROXY_HEAD_TIMEOUT": (_positive_float, 10.0,
+                           "seconds a client gets to send a request head (then 408)"),
+    "PROXY_KEEPALIVE_TIMEOUT": (_positive_float, 75.0,
+                                "seconds an idle client connection is kept open"),
+    "PROXY_BODY_TIMEOUT": (_positive_float, 30.0,
+                           "seconds a client may pause while sending a request body (then 408)"),
+    "ALLOW_PRIVATE_UPSTREAMS": (_flag, False,
+                                "production: allow upstreams on private and loopback addresses"),
     "KAFKA_LINGER_MS": (_positive_int, 20, "producer linger"),
     "KAFKA_BATCH_BYTES": (_positive_int, 512 * 1024, "producer batch size"),
     "KAFKA_COMPRESSION": (_choice("none", "gzip", "lz4", "zstd"), "lz4", "producer compression"),
@@ -125,7 +138,6 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "ANALYTICS_BATCH_SIZE": (_positive_int, 20_000, "events per ClickHouse insert"),
     "ANALYTICS_BATCH_SECONDS": (_positive_float, 1.0, "longest wait before an insert"),
     "ANALYTICS_TTL_DAYS": (_positive_int, 90, "days of raw events kept in ClickHouse"),
-    "ALERTS_INTERVAL_SECONDS": (_positive_float, 30.0, "seconds between alert rule evaluations"),
 }
 
 
@@ -152,6 +164,13 @@ class Settings:
     UPSTREAM_TIMEOUT: float
     REDIS_TIMEOUT_MS: int
     EVENT_QUEUE_SIZE: int
+    EVENT_SPOOL_DIR: str | None
+    EVENT_SPOOL_MAX_BYTES: int
+    EVENT_SPOOL_AFTER_SECONDS: float
+    PROXY_HEAD_TIMEOUT: float
+    PROXY_KEEPALIVE_TIMEOUT: float
+    PROXY_BODY_TIMEOUT: float
+    ALLOW_PRIVATE_UPSTREAMS: bool
     KAFKA_LINGER_MS: int
     KAFKA_BATCH_BYTES: int
     KAFKA_COMPRESSION: str
@@ -159,7 +178,6 @@ class Settings:
     ANALYTICS_BATCH_SIZE: int
     ANALYTICS_BATCH_SECONDS: float
     ANALYTICS_TTL_DAYS: int
-    ALERTS_INTERVAL_SECONDS: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

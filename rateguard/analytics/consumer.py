@@ -5,6 +5,13 @@ Events are read with the analytics consumer group, batched by size and time, dec
 the offsets committed. Each row carries its Kafka partition and offset; when
 partitions are assigned, the consumer resumes after the highest offset ClickHouse
 already holds, so a crash between insert and commit does not count twice.
+
+The seek alone is not enough: records fetched before it took effect, or replayed after
+a rebalance reset a partition to an older committed offset, would be inserted again.
+So every record is also checked against a per-partition floor (the highest offset
+ClickHouse holds, read once per partition, then kept up to date by our own inserts)
+and skipped when at or below it. A floor above the partition's end offset means the
+topic was re-created (an in-memory broker restarted): the floor is dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ class Ingester:
         self.last_insert = 0.0
         self.last_error: str | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._floors: dict[TopicPartition, int] = {}  # highest offset stored, -1: none
+        self.skipped = 0  # records already in ClickHouse, not inserted again
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -82,7 +92,10 @@ class Ingester:
                 if self._stopping:
                     raise
                 log.warning("analytics: cannot %s (%s); retrying in %.1fs", what, exc, backoff)
-                await asyncio.sleep(backoff)
+                try:  # a stop cuts the wait short
+                    await asyncio.wait_for(self._stopped.wait(), backoff)
+                except asyncio.TimeoutError:
+                    pass
                 backoff = min(backoff * 2, 10.0)
 
     async def run(self) -> None:
@@ -98,7 +111,12 @@ class Ingester:
                 batches = await consumer.getmany(
                     timeout_ms=int(wait * 1000), max_records=self.batch_size - len(rows))
                 for tp, messages in batches.items():
+                    floor = await self._floor(tp, messages[0].offset if messages else 0)
                     for message in messages:
+                        if message.offset <= floor:
+                            self.skipped += 1
+                            offsets[tp] = message.offset + 1
+                            continue
                         decoded, errors = decode_record(message.value or b"")
                         for row in decoded:
                             rows.append((*row, tp.partition, message.offset))
@@ -111,6 +129,8 @@ class Ingester:
                 continue
             if rows:
                 await self._retry(self.clickhouse.insert, "insert into clickhouse", rows)
+                for tp, next_offset in offsets.items():
+                    self._floors[tp] = max(self._floors.get(tp, -1), next_offset - 1)
                 self.inserted += len(rows)
                 self.last_insert = time.time()
                 self.last_error = None
@@ -120,6 +140,26 @@ class Ingester:
                 # Harmless: the next start resumes from ClickHouse's offsets.
                 log.warning("analytics: offset commit failed: %s", exc)
 
-    async def stop(self) -> None:
+    async def _floor(self, tp: TopicPartition, first_offset: int) -> int:
+        """The highest offset of ``tp`` ClickHouse holds (-1: none), for records
+        starting at ``first_offset``."""
+        floor = self._floors.get(tp)
+        if floor is None:
+            stored = await self._retry(self.clickhouse.stored_offsets, "read stored offsets")
+            floor = self._floors[tp] = stored.get(tp.partition, -1)
+        if first_offset <= floor:
+            end = (await self.consumer.end_offsets([tp])).get(tp, 0)
+            if end <= floor:
+                log.warning("analytics: %s ends at %d, below the %d already stored: the "
+                            "topic was re-created; reading it from the start", tp, end, floor)
+                floor = self._floors[tp] = -1
+        return floor
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand (or give up a retry) and leave ``run``."""
         self._stopping = True
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        self.request_stop()
         await self.consumer.stop()

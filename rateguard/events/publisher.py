@@ -3,14 +3,24 @@
 ``publish`` appends to a bounded in-memory queue (a deque) and returns. A background
 task drains the queue into aiokafka's producer, which batches by ``linger_ms`` and
 ``batch_bytes``. Events a failed send leaves undelivered go back to the head of the
-queue and are retried with backoff. When the queue is full, new events are dropped
-and counted (``on_dropped``), never silently.
+queue and are retried with backoff.
+
+With a spool (``EVENT_SPOOL_DIR``, see spool.py) nothing is lost to an outage that the
+spool's cap can hold: when the queue is full, new events go to the spool, and once
+anything is spooled every new event follows it there, so order is kept; when Kafka has
+been failing for ``spool_after`` seconds the queue itself moves to the spool's head.
+After recovery the queue drains first, then the spool, oldest segment first. At
+shutdown what Kafka did not take stays in the spool for the next start.
+
+Without a spool, or past its cap, events are dropped: counted (``on_dropped``) and
+logged, never silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Callable
 
@@ -18,12 +28,23 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from rateguard.events.schema import Event, encode_records
+from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
+
+_FROM_SETTINGS = object()  # spool arguments not given: read EVENT_SPOOL_* settings
+DROP_LOG_SECONDS = 10.0  # at most one drop line per this interval (with a count)
 
 
 def _noop(count: int) -> None:
     pass
+
+
+def _spool_settings() -> tuple[str | None, int, float]:
+    from rateguard.settings import Settings
+
+    s = Settings.from_env()
+    return s.EVENT_SPOOL_DIR, s.EVENT_SPOOL_MAX_BYTES, s.EVENT_SPOOL_AFTER_SECONDS
 
 
 class EventPublisher:
@@ -31,7 +52,23 @@ class EventPublisher:
         self, brokers: tuple[str, ...], topic: str, *, max_queue: int = 100_000,
         linger_ms: int = 20, batch_bytes: int = 512 * 1024, compression: str = "lz4",
         on_published: Callable[[int], None] = _noop, on_dropped: Callable[[int], None] = _noop,
+        spool_dir=_FROM_SETTINGS, spool_max_bytes=_FROM_SETTINGS, spool_after=_FROM_SETTINGS,
     ) -> None:
+        if _FROM_SETTINGS in (spool_dir, spool_max_bytes, spool_after):
+            env_dir, env_max, env_after = _spool_settings()
+            spool_dir = env_dir if spool_dir is _FROM_SETTINGS else spool_dir
+            spool_max_bytes = env_max if spool_max_bytes is _FROM_SETTINGS else spool_max_bytes
+            spool_after = env_after if spool_after is _FROM_SETTINGS else spool_after
+        self.spool: Spool | None = None
+        if spool_dir:
+            self.spool = Spool(spool_dir, spool_max_bytes,
+                               segment_events=max(1, min(20_000, max_queue // 2))).open()
+        self.spool_after = spool_after
+        self._spooling = bool(self.spool and len(self.spool))  # new events follow (order)
+        self._inflight: list[Event] = []  # the batch being sent
+        self._down_since: float | None = None
+        self._drops_unlogged = 0
+        self._drop_logged_at = 0.0
         self.brokers = brokers
         self.topic = topic
         self.max_queue = max_queue
@@ -55,13 +92,61 @@ class EventPublisher:
 
     def publish(self, event: Event) -> None:
         queue = self.queue
-        if len(queue) >= self.max_queue:
-            self.dropped += 1
-            self._on_dropped(1)
+        if self._spooling or len(queue) >= self.max_queue:
+            spool = self.spool
+            if spool is not None and spool.append(event):
+                if not self._spooling:
+                    self._spooling = True
+                    self._wakeup.set()
+                return
+            self._drop(1, "the event spool is full" if spool else "the event queue is full")
             return
         queue.append(event)
         if len(queue) == 1:
             self._wakeup.set()
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        self._on_dropped(count)
+        self._drops_unlogged += count
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_SECONDS:
+            log.error("events: %s; dropped %d event(s) (%d in all)", why,
+                      self._drops_unlogged, self.dropped)
+            self._drops_unlogged = 0
+            self._drop_logged_at = now
+
+    @property
+    def spooled(self) -> int:
+        return len(self.spool) if self.spool is not None else 0
+
+    def _refill(self) -> bool:
+        """Move the spool's oldest segment into the (empty) queue; False if none."""
+        spool = self.spool
+        if spool is None or not len(spool):
+            self._spooling = False
+            return False
+        self.queue.extend(spool.take())
+        if not len(spool):
+            self._spooling = False
+        return True
+
+    def _failing(self) -> None:
+        """Kafka failed again: past ``spool_after`` seconds, the queue goes to disk."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self.connected = False
+        if self.spool is not None and self.queue and now - self._down_since >= self.spool_after:
+            self._spill()
+
+    def _spill(self) -> None:
+        events = list(self.queue)
+        self.queue.clear()
+        lost = self.spool.prepend(events)
+        self._spooling = True
+        if lost:
+            self._drop(lost, "the event spool is full")
 
     # -- background ---------------------------------------------------------------------
 
@@ -91,6 +176,7 @@ class EventPublisher:
                 await producer.stop()
                 if self._stopping:
                     raise
+                self._failing()
                 log.warning("events: kafka unavailable (%s), retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -99,20 +185,31 @@ class EventPublisher:
         self._producer = producer = await self._connect()
         backoff = 0.2
         while True:
-            if not self.queue:
+            if self.spool is not None:
+                self.spool.flush()
+            if not self.queue and not self._refill():
                 if self._stopping:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = self._take(5000)
+                continue
+            batch = self._inflight = self._take(5000)
             try:
                 failed, exc = await self._send(producer, batch)
             except (KafkaError, OSError) as error:
                 failed, exc = batch, error
+            self._inflight = []
             if not failed:
                 backoff = 0.2
+                if self._down_since is not None:
+                    log.warning("events: kafka is back after %.1fs; %d queued, %d spooled",
+                                time.monotonic() - self._down_since, len(self.queue),
+                                self.spooled)
+                    self._down_since = None
+                self.connected = True
             else:
                 self._requeue(failed)
+                self._failing()
                 log.warning("events: publish failed (%s); %d queued, retrying in %.1fs",
                             exc, len(self.queue), backoff)
                 if self._stopping:
@@ -165,6 +262,11 @@ class EventPublisher:
         return failed + unsent, error
 
     def _requeue(self, batch: list[Event]) -> None:
+        if self.spool is not None:
+            # The oldest events: back at the head, briefly over the bound; they move
+            # to the spool's head if the outage lasts (see _failing).
+            self.queue.extendleft(reversed(batch))
+            return
         room = self.max_queue - len(self.queue)
         keep = batch[:max(0, room)]
         lost = len(batch) - len(keep)
@@ -185,8 +287,21 @@ class EventPublisher:
                 self._task.cancel()
             except asyncio.CancelledError:
                 pass
-        if self.queue:
+        if self._inflight:
+            # Cut off mid-send (Kafka down or too slow): not known as delivered, so
+            # kept (spooled below) rather than lost.
+            self.queue.extendleft(reversed(self._inflight))
+            self._inflight = []
+        if self.spool is not None:
+            if self.queue:
+                self._spill()
+            self.spool.close()
+            if len(self.spool):
+                log.warning("events: %d event(s) not delivered at shutdown are kept in the "
+                            "spool %s for the next start", len(self.spool), self.spool.directory)
+        elif self.queue:
             log.error("events: %d events not delivered at shutdown", len(self.queue))
+            self.dropped += len(self.queue)
             self._on_dropped(len(self.queue))
         if self._producer is not None:
             await self._producer.stop()

@@ -30,9 +30,34 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 32 * 1024
 BODY_BUFFER_BYTES = 256 * 1024  # request body held while the limiter decides
+# Defaults of PROXY_KEEPALIVE_TIMEOUT, PROXY_HEAD_TIMEOUT and PROXY_BODY_TIMEOUT.
 KEEPALIVE_SECONDS = 75.0
-HEAD_SECONDS = 10.0  # a request head must arrive within this once it started
+HEAD_SECONDS = 10.0  # a request head must arrive within this (from the connection or its start)
+BODY_SECONDS = 30.0  # longest pause while a client sends a request body
 LINGER_SECONDS = 2.0  # reading and dropping a refused body before closing
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _timeouts_from_env() -> tuple[float, float, float]:
+    """(head, keep-alive, body) timeouts from the settings, for callers that do not
+    pass them."""
+    from rateguard.errors import SettingsError
+    from rateguard.settings import Settings
+
+    try:
+        s = Settings.from_env()
+    except SettingsError:
+        return HEAD_SECONDS, KEEPALIVE_SECONDS, BODY_SECONDS
+    return s.PROXY_HEAD_TIMEOUT, s.PROXY_KEEPALIVE_TIMEOUT, s.PROXY_BODY_TIMEOUT
+
+
+def _content_length(value: bytes) -> int:
+    """Digits only (``int`` would also take ``+5``, `` 5`` and ``5_0``); -1 when invalid."""
+    value = value.strip()
+    return int(value) if value.isdigit() else -1
 
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -48,7 +73,7 @@ class Exchange:
         "admission", "response_started", "response_chunked", "response_done", "status",
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
-        "head_only", "error_decision", "sent_body",
+        "head_only", "error_decision", "sent_body", "close_delimited", "body_activity", "bad_head",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -87,9 +112,14 @@ class Exchange:
         self.head_only = method == b"HEAD"
         self.error_decision = None
         self.sent_body = False
+        self.close_delimited = False
+        self.body_activity = server.loop.time()
+        self.bad_head = ""
         host = authorization = x_api_key = user_agent = expect = None
         for name, value in headers:
             if name == b"host":
+                if host is not None:
+                    self.bad_head = "more than one Host header"
                 host = value
             elif name == b"authorization":
                 authorization = value
@@ -98,12 +128,11 @@ class Exchange:
             elif name == b"user-agent":
                 user_agent = value
             elif name == b"content-length":
-                try:
-                    self.content_length = int(value)
-                except ValueError:
-                    self.content_length = -1
+                self.content_length = _content_length(value)
             elif name == b"transfer-encoding":
-                self.chunked_in = b"chunked" in value.lower()
+                # chunked only when it is the final coding (RFC 9112 6.3); the parser
+                # refuses anything else before the body is read.
+                self.chunked_in = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif name == b"expect":
                 expect = value
         self.host = host
@@ -115,6 +144,7 @@ class Exchange:
     # -- request body from the client ---------------------------------------------------
 
     def on_body(self, chunk: bytes) -> None:
+        self.body_activity = self.server.loop.time()
         self.bytes_in += len(chunk)
         if self.bytes_in > self.max_body:
             self.body_too_large()
@@ -173,6 +203,10 @@ class Exchange:
             return
         if self.content_length is not None and self.content_length < 0:
             self.respond_error(400, "bad_request", "invalid Content-Length")
+            return
+        if self.bad_head:
+            self.keep_alive = False
+            self.respond_error(400, "bad_request", self.bad_head)
             return
         client_ip = self.client.client_ip
         admission = self.admission = await server.gateway.admit(
@@ -260,9 +294,16 @@ class Exchange:
         self.upstream_started = self.last_activity = self.server.loop.time()
 
     def check_timeout(self, now: float) -> None:
-        """Called by the server's sweep: 504 (or a cut connection, if the response
-        already started) when the upstream has been silent for ``timeout`` seconds."""
-        if self.finished or self.response_done or self.conn is None:
+        """Called by the server's sweep: 408 when the client stalls while sending its
+        body; 504 (or a cut connection, if the response already started) when the
+        upstream has been silent for ``timeout`` seconds."""
+        if self.finished or self.response_done:
+            return
+        if not self.body_done and not self.client.paused_for \
+                and now - self.body_activity >= self.server.body_timeout:
+            self.client_stalled()
+            return
+        if self.conn is None:
             return
         if now - self.last_activity < self.timeout:
             return
@@ -276,6 +317,35 @@ class Exchange:
         else:
             self.respond_error(504, "upstream_timeout",
                                f"upstream did not answer within {self.timeout:g}s")
+
+    def client_stalled(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        self.keep_alive = False
+        if self.response_started:
+            self.client.close()
+            self.finish()
+        else:
+            self.respond_error(408, "request_timeout",
+                               f"request body stalled for {self.server.body_timeout:g}s")
+
+    def protocol_error(self, status: int, error: str, message: str) -> None:
+        """The request turned out malformed after its head (e.g. broken chunked
+        encoding): answer it if nothing was sent yet, else cut the connection."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        self.keep_alive = False
+        if self.response_started:
+            self.client.close()
+            self.finish()
+        else:
+            self.respond_error(status, error, message)
 
     # -- the response from the upstream ------------------------------------------------
 
@@ -293,6 +363,7 @@ class Exchange:
             elif name == b"transfer-encoding":
                 chunked = True
         no_body = self.head_only or status in (204, 304)
+        self.close_delimited = not no_body and content_length is None and not chunked
         if no_body:
             framing = b"content-length: %s\r\n" % content_length if content_length else b""
         elif content_length is not None and not chunked:
@@ -378,21 +449,20 @@ class Exchange:
             return
         self.conn = None
         if self.response_started:
-            # close-delimited body ends here; anything else is a truncated response
-            if not self.response_chunked and self.http10:
-                self.flush()
-                self.complete(False)
-            else:
+            if self.close_delimited:  # the upstream's close is the end of its body
+                self.on_response_end(False)
+            else:  # a truncated response: the client must see it cut, not complete
                 self.flush()
                 self.client.close()
                 self.finish()
             return
-        if self.reused and not conn.received and self.body_done and self.admission:
-            # A kept-alive connection the upstream had just closed: try a fresh one.
-            # Only when the whole body is known (it was buffered, not yet streamed out).
-            if self.bytes_in <= BODY_BUFFER_BYTES and not self.body_chunks:
-                self.server.loop.create_task(self._retry())
-                return
+        if self.reused and not conn.received and self.bytes_in == 0 and self.body_done \
+                and self.admission:
+            # A kept-alive connection the upstream had just closed before answering:
+            # send the request again on a fresh one. Only bodyless requests, whose
+            # bytes are all in hand; a streamed body is gone once sent.
+            self.server.loop.create_task(self._retry())
+            return
         self.respond_error(502, "bad_gateway", "upstream closed the connection")
 
     async def _retry(self) -> None:
@@ -470,7 +540,9 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         # Deadlines checked by the server's sweep (no timer per request).
         self.idle_since = server.loop.time()
-        self.head_since = 0.0  # when an unanswered request head started, 0 if none
+        # When an unanswered request head started, 0 if none. A new connection owes
+        # its first head within the head timeout too (slowloris).
+        self.head_since = self.idle_since
         self.linger_until = 0.0
 
     # -- asyncio ------------------------------------------------------------------------
@@ -496,7 +568,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # upgrades are not proxied: the request is answered, then we close
         except httptools.HttpParserError as exc:
-            self.protocol_error(400, "bad_request", f"malformed HTTP request: {exc}")
+            if isinstance(exc.__context__, _HeadTooLarge) or self.head_bytes > MAX_HEAD_BYTES:
+                self.protocol_error(431, "headers_too_large",
+                                    f"request head exceeds {MAX_HEAD_BYTES} bytes")
+            else:
+                self.protocol_error(400, "bad_request", f"malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -531,13 +607,16 @@ class ClientConnection(asyncio.Protocol):
         self.head_since = self.server.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
         self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge  # stops the parser: nothing more is buffered
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes <= MAX_HEAD_BYTES:
-            self.headers.append((name.lower(), value))
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+        self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -610,7 +689,12 @@ class ClientConnection(asyncio.Protocol):
         transport.close()
 
     def protocol_error(self, status: int, error: str, message: str) -> None:
-        if self.active is None and not self.closing:
+        current, active = self.current, self.active
+        self.current = None  # the parser stopped; no more of this request will come
+        if active is not None and active is current and not active.finished:
+            active.protocol_error(status, error, message)
+            return
+        if active is None and not self.closing:
             body = h.json_response(status, error, message, keep_alive=False)
             self.write(body)
         self.close()
@@ -625,6 +709,8 @@ class ClientConnection(asyncio.Protocol):
             self.paused_for.discard(reason)
             if not self.paused_for and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+                if self.current is not None:  # time spent paused by us is not a stall
+                    self.current.body_activity = self.server.loop.time()
 
     # -- deadlines (checked by ProxyServer.sweep) ---------------------------------------
 
@@ -635,10 +721,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.active is not None:
             return
+        server = self.server
         if self.head_since:
-            if now - self.head_since >= HEAD_SECONDS:
+            if now - self.head_since >= server.head_timeout:
                 self.protocol_error(408, "request_timeout", "request head not received in time")
-        elif now - self.idle_since >= KEEPALIVE_SECONDS:
+        elif now - self.idle_since >= server.keepalive_timeout:
             self.close()  # idle keep-alive connection
 
 
@@ -647,7 +734,17 @@ class ProxyServer:
 
     def __init__(self, gateway: Gateway, pool: UpstreamPool, *, publish: Callable,
                  metrics, max_body: int, upstream_timeout: float,
-                 special_paths: dict[str, Callable[[], tuple[int, bytes]]]) -> None:
+                 special_paths: dict[str, Callable[[], tuple[int, bytes]]],
+                 head_timeout: float | None = None, keepalive_timeout: float | None = None,
+                 body_timeout: float | None = None) -> None:
+        if head_timeout is None or keepalive_timeout is None or body_timeout is None:
+            head, keepalive, body = _timeouts_from_env()
+            head_timeout = head if head_timeout is None else head_timeout
+            keepalive_timeout = keepalive if keepalive_timeout is None else keepalive_timeout
+            body_timeout = body if body_timeout is None else body_timeout
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.body_timeout = body_timeout
         self.gateway = gateway
         self.pool = pool
         self.publish = publish

@@ -9,23 +9,45 @@ from rateguard.snapshot.model import Api
 
 def safe_path(path: str) -> bool:
     """False for paths that could climb out of an API's prefix once an upstream
-    decodes them: ``.``/``..`` segments, also percent-encoded or behind encoded
-    slashes and backslashes, and NUL bytes."""
+    decodes them: ``.``/``..`` segments, also percent-encoded (any number of times),
+    behind encoded slashes and backslashes or followed by ``;params`` (``..;/``, which
+    some servers read as ``..``), and NUL bytes. Origin-form only: ``*``, absolute
+    URLs and ``host:port`` targets are refused."""
     if not path.startswith("/"):
         return False
-    decoded = unquote(unquote(path)).replace("\\", "/")
+    decoded = path
+    for _ in range(4):  # upstreams that decode more than four times are not served
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        if "%" in decoded:
+            return False
+    decoded = decoded.replace("\\", "/")
     if "\x00" in decoded:
         return False
     for segment in decoded.split("/"):
-        if segment in (".", ".."):
+        if segment.split(";", 1)[0].strip() in (".", ".."):
             return False
     return True
+
+
+def collapse_slashes(path: str) -> str:
+    """``//`` runs become one ``/`` (as nginx's merge_slashes): ``//evil.example/x``
+    never reaches an upstream, where it could read as a scheme-relative URL."""
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
 
 
 def match(routes: dict, host: str, path: str) -> tuple[Api, str] | None:
     """The API serving ``host`` + ``path`` and the path to send upstream (with the
     API's prefix stripped if it asks for it and the upstream's base path added).
-    ``path`` excludes the query string; ``host`` is lowercase without a port."""
+    ``path`` excludes the query string; ``host`` is lowercase without a port.
+    Repeated slashes are collapsed first (see :func:`collapse_slashes`)."""
+    if "//" in path:
+        path = collapse_slashes(path)
     for table in (routes.get(host), routes.get("")):
         if not table:
             continue

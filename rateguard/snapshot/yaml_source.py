@@ -12,6 +12,11 @@
 
 Every error names the file and the field, e.g.
 ``demo.yaml: workspaces[0].apis[0].upstream: expected http(s)://host[:port][/path]``.
+
+Upstreams pass the SSRF guard (snapshot/model.py): link-local and cloud metadata
+addresses are always refused; files loaded by the proxy (``load_file``, ``YamlSource``)
+also refuse private and loopback addresses in production unless
+ALLOW_PRIVATE_UPSTREAMS is set.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import yaml
 
 from rateguard.errors import ConfigError
 from rateguard.limiter.policy import Policy, parse_limit
-from rateguard.snapshot.model import Api, ApiKey, Snapshot, Upstream
+from rateguard.snapshot.model import (ALWAYS, Api, ApiKey, Snapshot, Upstream, UpstreamGuard,
+                                      guard_from_env)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,7 @@ def _positive(value: Any, where: str, kind: type = float) -> Any:
     return kind(value)
 
 
-def parse_config(data: Any, source: str = "config") -> Snapshot:
+def parse_config(data: Any, source: str = "config", guard: UpstreamGuard = ALWAYS) -> Snapshot:
     """Build a Snapshot from parsed YAML; raise ConfigError naming the bad field."""
     root = _mapping(data if data is not None else {}, source, {"workspaces"})
     workspaces = root.get("workspaces") or []
@@ -114,7 +120,7 @@ def parse_config(data: Any, source: str = "config") -> Snapshot:
                     f"{where}.prefix", "must be a path starting with '/'")
             prefix = prefix.rstrip("/") or "/"
             try:
-                upstream = Upstream.parse(str(api.get("upstream", "")))
+                upstream = Upstream.parse(str(api.get("upstream", "")), guard)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.upstream: {exc}") from None
             headers = api.get("upstream_headers") or {}
@@ -152,8 +158,10 @@ def parse_config(data: Any, source: str = "config") -> Snapshot:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_file(path: str) -> Snapshot:
+def load_file(path: str, guard: UpstreamGuard | None = None) -> Snapshot:
+    """The snapshot in a YAML file; ``guard`` defaults to the environment's rule."""
     name = os.path.basename(path)
+    guard = guard_from_env() if guard is None else guard
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -165,7 +173,7 @@ def load_file(path: str) -> Snapshot:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{name}: not valid YAML{at}") from None
-    snapshot = parse_config(data, name)
+    snapshot = parse_config(data, name, guard)
     object.__setattr__(snapshot, "version", hashlib.sha256(raw).hexdigest()[:12])
     return snapshot
 
@@ -174,13 +182,15 @@ class YamlSource:
     """Loads the file at start; ``watch`` reloads it when its contents change.
     A broken edit is logged and ignored: the last good snapshot keeps serving."""
 
-    def __init__(self, path: str, interval: float = 1.0) -> None:
+    def __init__(self, path: str, interval: float = 1.0,
+                 guard: UpstreamGuard | None = None) -> None:
         self.path = path
         self.interval = interval
+        self.guard = guard_from_env() if guard is None else guard
         self._version = None
 
     async def load(self) -> Snapshot:
-        snapshot = load_file(self.path)
+        snapshot = load_file(self.path, self.guard)
         self._version = snapshot.version
         return snapshot
 
@@ -196,7 +206,7 @@ class YamlSource:
                 continue
             last_mtime = mtime
             try:
-                snapshot = load_file(self.path)
+                snapshot = load_file(self.path, self.guard)
             except ConfigError as exc:
                 log.error("config reload failed, keeping the last good one: %s", exc)
                 continue
