@@ -138,6 +138,7 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "ANALYTICS_BATCH_SIZE": (_positive_int, 20_000, "events per ClickHouse insert"),
     "ANALYTICS_BATCH_SECONDS": (_positive_float, 1.0, "longest wait before an insert"),
     "ANALYTICS_TTL_DAYS": (_positive_int, 90, "days of raw events kept in ClickHouse"),
+    "ALERTS_INTERVAL_SECONDS": (_positive_float, 30.0, "seconds between alert rule evaluations"),
 }
 
 
@@ -178,6 +179,7 @@ class Settings:
     ANALYTICS_BATCH_SIZE: int
     ANALYTICS_BATCH_SECONDS: float
     ANALYTICS_TTL_DAYS: int
+    ALERTS_INTERVAL_SECONDS: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
