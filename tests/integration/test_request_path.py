@@ -280,3 +280,34 @@ async def test_health_and_readiness(gateway, session):
                if line.startswith('rateguard_limiter_decisions_total{decision="allowed"}')]
     assert allowed and float(allowed[0].split()[-1]) > 0
     assert "rateguard_redis_up 1.0" in text
+
+
+async def test_close_delimited_upstream_response_arrives_whole(proxies, session):
+    """An HTTP/1.1 upstream that ends its body by closing the connection."""
+    from rateguard.embedded.servers import free_port
+    from tests.integration.conftest import Keys
+
+    body = b"no length, ended by close " * 2000
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n")
+        for i in range(0, len(body), 8192):
+            writer.write(body[i:i + 8192])
+            await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    keys = Keys()
+    proxy = proxies({"workspaces": [{"id": "cd", "apis": [
+        {"id": "cd", "prefix": "/", "upstream": f"http://127.0.0.1:{port}"}],
+        "keys": [keys.entry("k")]}]})
+    try:
+        for _ in range(2):
+            status, headers, received = await fetch(session, "GET", f"{proxy.url}/x",
+                                                    headers=keys.auth("k"))
+            assert status == 200
+            assert received == body
+    finally:
+        server.close()
