@@ -32,7 +32,6 @@ from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
 
-_FROM_SETTINGS = object()  # spool arguments not given: read EVENT_SPOOL_* settings
 DROP_LOG_SECONDS = 10.0  # at most one drop line per this interval (with a count)
 
 
@@ -40,25 +39,14 @@ def _noop(count: int) -> None:
     pass
 
 
-def _spool_settings() -> tuple[str | None, int, float]:
-    from rateguard.settings import Settings
-
-    s = Settings.from_env()
-    return s.EVENT_SPOOL_DIR, s.EVENT_SPOOL_MAX_BYTES, s.EVENT_SPOOL_AFTER_SECONDS
-
-
 class EventPublisher:
     def __init__(
         self, brokers: tuple[str, ...], topic: str, *, max_queue: int = 100_000,
         linger_ms: int = 20, batch_bytes: int = 512 * 1024, compression: str = "lz4",
         on_published: Callable[[int], None] = _noop, on_dropped: Callable[[int], None] = _noop,
-        spool_dir=_FROM_SETTINGS, spool_max_bytes=_FROM_SETTINGS, spool_after=_FROM_SETTINGS,
+        spool_dir: str | None = None, spool_max_bytes: int = 1024 ** 3,
+        spool_after: float = 5.0,
     ) -> None:
-        if _FROM_SETTINGS in (spool_dir, spool_max_bytes, spool_after):
-            env_dir, env_max, env_after = _spool_settings()
-            spool_dir = env_dir if spool_dir is _FROM_SETTINGS else spool_dir
-            spool_max_bytes = env_max if spool_max_bytes is _FROM_SETTINGS else spool_max_bytes
-            spool_after = env_after if spool_after is _FROM_SETTINGS else spool_after
         self.spool: Spool | None = None
         if spool_dir:
             self.spool = Spool(spool_dir, spool_max_bytes,

@@ -67,6 +67,8 @@ class ProxyApp:
             "events": {
                 "connected": bool(self.publisher and self.publisher.connected),
                 "queued": len(self.publisher.queue) if self.publisher else 0,
+                "spooled": len(self.publisher.spool)
+                if self.publisher and self.publisher.spool else 0,
                 "dropped": self.publisher.dropped if self.publisher else 0,
             } if self.events_enabled else "disabled",
         }
@@ -94,10 +96,14 @@ class ProxyApp:
                 settings.KAFKA_BROKERS, settings.KAFKA_TOPIC,
                 max_queue=settings.EVENT_QUEUE_SIZE, linger_ms=settings.KAFKA_LINGER_MS,
                 batch_bytes=settings.KAFKA_BATCH_BYTES, compression=settings.KAFKA_COMPRESSION,
-                on_published=metrics.events_published.inc, on_dropped=metrics.events_dropped.inc)
+                on_published=metrics.events_published.inc, on_dropped=metrics.events_dropped.inc,
+                spool_dir=settings.EVENT_SPOOL_DIR, spool_max_bytes=settings.EVENT_SPOOL_MAX_BYTES,
+                spool_after=settings.EVENT_SPOOL_AFTER_SECONDS)
             self.publisher.start()
             publish = self.publisher.publish
             metrics.queue_depth.set_function(lambda: len(self.publisher.queue))
+            metrics.spool_depth.set_function(
+                lambda: len(self.publisher.spool) if self.publisher.spool else 0)
         else:
             def publish(event) -> None:
                 pass
@@ -106,7 +112,9 @@ class ProxyApp:
         self.server = ProxyServer(
             gateway, pool, publish=publish, metrics=metrics,
             max_body=settings.PROXY_MAX_BODY_BYTES, upstream_timeout=settings.UPSTREAM_TIMEOUT,
-            special_paths={"/healthz": self.health, "/readyz": self.readiness})
+            special_paths={"/healthz": self.health, "/readyz": self.readiness},
+            head_timeout=settings.PROXY_HEAD_TIMEOUT, body_timeout=settings.PROXY_BODY_TIMEOUT,
+            keepalive_timeout=settings.PROXY_KEEPALIVE_TIMEOUT)
         metrics.inflight.set_function(lambda: self.server.inflight)
 
         def apply(new: Snapshot) -> None:

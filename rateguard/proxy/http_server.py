@@ -41,19 +41,6 @@ class _HeadTooLarge(Exception):
     pass
 
 
-def _timeouts_from_env() -> tuple[float, float, float]:
-    """(head, keep-alive, body) timeouts from the settings, for callers that do not
-    pass them."""
-    from rateguard.errors import SettingsError
-    from rateguard.settings import Settings
-
-    try:
-        s = Settings.from_env()
-    except SettingsError:
-        return HEAD_SECONDS, KEEPALIVE_SECONDS, BODY_SECONDS
-    return s.PROXY_HEAD_TIMEOUT, s.PROXY_KEEPALIVE_TIMEOUT, s.PROXY_BODY_TIMEOUT
-
-
 def _content_length(value: bytes) -> int:
     """Digits only (``int`` would also take ``+5``, `` 5`` and ``5_0``); -1 when invalid."""
     value = value.strip()
@@ -735,13 +722,8 @@ class ProxyServer:
     def __init__(self, gateway: Gateway, pool: UpstreamPool, *, publish: Callable,
                  metrics, max_body: int, upstream_timeout: float,
                  special_paths: dict[str, Callable[[], tuple[int, bytes]]],
-                 head_timeout: float | None = None, keepalive_timeout: float | None = None,
-                 body_timeout: float | None = None) -> None:
-        if head_timeout is None or keepalive_timeout is None or body_timeout is None:
-            head, keepalive, body = _timeouts_from_env()
-            head_timeout = head if head_timeout is None else head_timeout
-            keepalive_timeout = keepalive if keepalive_timeout is None else keepalive_timeout
-            body_timeout = body if body_timeout is None else body_timeout
+                 head_timeout: float = HEAD_SECONDS, keepalive_timeout: float = KEEPALIVE_SECONDS,
+                 body_timeout: float = BODY_SECONDS) -> None:
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout

@@ -68,6 +68,9 @@ class ProxyMetrics:
                                       registry=registry)
         self.queue_depth = Gauge("rateguard_event_queue_depth", "Events waiting for Kafka",
                                  registry=registry)
+        self.spool_depth = Gauge("rateguard_event_spool_depth",
+                                 "Events waiting in the on-disk spool (EVENT_SPOOL_DIR)",
+                                 registry=registry)
         self.redis_up = Gauge("rateguard_redis_up", "1 when the limiter reaches Redis",
                               registry=registry)
         self.inflight = Gauge("rateguard_inflight_requests", "Requests being served",
