@@ -107,7 +107,13 @@ class AlertsWorker:
         log.info("alerts: evaluating every %gs; standing by for leadership", self.interval)
 
     async def stop(self) -> None:
+        """Stop: no new evaluation or delivery starts; deliveries under way get up to
+        ``delivery_timeout`` to finish and be recorded (so the next leader does not send
+        them again); then the connection closes and the lock passes on."""
         self._stopping = True
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()),
+                               timeout=self.delivery_timeout + 1)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -197,7 +203,8 @@ class AlertsWorker:
         while True:
             started = time.monotonic()
             try:
-                await self.evaluate_once(leader)
+                if not self._stopping:
+                    await self.evaluate_once(leader)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -240,6 +247,8 @@ class AlertsWorker:
                     " AND o.next_attempt_at <= now() AND NOT (o.id = ANY($1))"
                     " ORDER BY o.id LIMIT 500", list(self._inflight))
             for row in rows:
+                if self._stopping:
+                    break
                 self._inflight[row["outbox_id"]] = asyncio.ensure_future(
                     self._deliver(leader, row))
             with contextlib.suppress(asyncio.TimeoutError):
@@ -263,6 +272,12 @@ class AlertsWorker:
             async with leader.use() as conn, conn.transaction():
                 await record_attempt(conn, outbox_id, attempt, result, final=final,
                                      retry_in=self.backoff(attempt))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the channel was deleted meanwhile
+            self.last_error = f"delivery {outbox_id}: {type(exc).__name__}: {exc}"
+            log.warning("alerts: %s", self.last_error)
+        else:
             if result.ok:
                 self.delivered += 1
             else:

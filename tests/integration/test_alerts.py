@@ -5,6 +5,9 @@ notifications received by a real webhook receiver and a real SMTP server."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import orjson
@@ -311,3 +314,90 @@ async def test_send_test_notification_endpoint_reports_and_records_the_attempt(
     assert tests[channel["id"]]["status"] == "delivered"
     assert tests[dead["id"]]["status"] == "failed"
     assert tests[dead["id"]]["attempt_log"][0]["error"]
+
+
+async def test_a_leader_stopped_mid_delivery_finishes_it_and_nothing_is_sent_twice(
+        receiver, workers, tenant):
+    hook = "/" + unique("graceful")
+    receiver.delay[hook] = 1.5
+    channel = await tenant.channel(name="slow", kind="webhook", url=receiver.url(hook))
+    await tenant.rule(name="silence", metric="request_count", comparator="below", threshold=1,
+                      window_seconds=2, api_id=tenant.api["id"], channel_ids=[channel["id"]])
+    await asyncio.sleep(2.2)  # the reachability probe leaves the 2 s window
+    first = await workers()
+    assert await wait_until(lambda: _is_leader(first), timeout=5)
+    second = await workers()
+
+    async def sending():
+        return bool(receiver.attempts[hook])
+    assert await wait_until(sending, timeout=10)
+    await first.stop()  # SIGTERM during the send: it finishes and is recorded first
+    assert len(receiver.received[hook]) == 1
+    assert await wait_until(lambda: _is_leader(second), timeout=5)
+    await asyncio.sleep(1.5)
+    assert len(receiver.attempts[hook]) == len(receiver.received[hook]) == 1
+
+
+async def test_rules_and_channels_are_validated_and_scoped_to_the_workspace(plane, tenant):
+    other = await plane.signup("alerts-other")
+    status, foreign = await plane.call(
+        "POST", f"/workspaces/{other.workspace_id}/alerts/channels", other,
+        json={"name": "theirs", "kind": "webhook", "url": "https://example.com/hook"})
+    assert status == 201
+    rule = {"name": "r", "metric": "p95_latency", "comparator": "above", "threshold": 500,
+            "window_seconds": 60}
+    for bad, field in [({"metric": "cpu"}, "metric"), ({"threshold": -1}, "threshold"),
+                       ({"channel_ids": [foreign["id"]]}, "channel_ids"),
+                       ({"api_id": "api_nope"}, "api_id")]:
+        status, error = await tenant.call("POST", "/alerts/rules", json={**rule, **bad})
+        assert (status, error["field"]) == (422, field), error
+    status, _ = await tenant.call("POST", f"/alerts/channels/{foreign['id']}/test")
+    assert status == 404
+    viewer = await plane.member(tenant.owner, "viewer")
+    status, _ = await plane.call("POST", tenant.base + "/alerts/rules", viewer, json=rule)
+    assert status == 403
+    made = await tenant.rule(**rule)
+    status, listed = await plane.call("GET", tenant.base + "/alerts/rules", viewer)
+    assert status == 200 and made["id"] in [r["id"] for r in listed["items"]]
+    status, _ = await tenant.call("DELETE", f"/alerts/rules/{made['id']}")
+    assert status == 204
+    status, _ = await tenant.call("GET", f"/alerts/rules/{made['id']}")
+    assert status == 404
+    status, document = await plane.call("GET", "/openapi.json")
+    for path in ("/alerts/rules", "/alerts/channels/{channel_id}/test", "/alerts/history",
+                 "/alerts/deliveries"):
+        assert "/api/v1/workspaces/{workspace_id}" + path in document["paths"]
+
+
+async def test_cli_manages_rules_and_sends_a_test_notification(plane, receiver, tenant):
+    hook = "/" + unique("cli")
+    channel = await tenant.channel(name="cli", kind="webhook", url=receiver.url(hook))
+    env = {**os.environ, "DATABASE_URL": plane.database_url, "ENCRYPTION_KEY": ENCRYPTION_KEY}
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rateguard", "alerts", *args, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await cli("rules", "create", "--workspace", tenant.owner.workspace_id,
+                               "--name", "slow orders", "--metric", "p99_latency",
+                               "--above", "800", "--window", "120", "--for", "30",
+                               "--channel", channel["id"])
+    assert code == 0, err
+    rule_id = out.split()[0]
+    assert rule_id.startswith("rule_") and "p99_latency above 800 over 120s" in out
+    code, out, err = await cli("rules", "list", "--workspace", tenant.owner.workspace_id)
+    assert code == 0 and rule_id in out and "800 ms" in out
+    code, out, err = await cli("test", channel["id"])
+    assert code == 0 and "delivered" in out, err
+    assert orjson.loads(receiver.received[hook][0]["body"])["event"] == "test"
+    code, out, err = await cli("rules", "delete", rule_id)
+    assert code == 0
+    code, out, err = await cli("rules", "delete", rule_id)
+    assert code == 2 and err.startswith("error: rule not found")
+    code, out, err = await cli("rules", "create", "--workspace", tenant.owner.workspace_id,
+                               "--name", "x", "--metric", "error_rate", "--above", "5",
+                               "--window", "60")
+    assert code == 2 and err.count("\n") == 1 and "threshold" in err
