@@ -181,7 +181,7 @@ def _wrk_args(load: Load, tmp: Path) -> list[str]:
     script.write_text(wrk_script(load))
     seconds = max(1, math.ceil(load.duration))
     return [wrk_path() or "wrk", "-t1", f"-c{load.connections}", f"-d{seconds}s",
-            f"--timeout", f"{max(1, math.ceil(load.timeout))}s", "-s", str(script), load.url]
+            "--timeout", f"{max(1, math.ceil(load.timeout))}s", "-s", str(script), load.url]
 
 
 def _parse_wrk(text: str) -> dict:

@@ -367,7 +367,8 @@ class Measurer:
             time.sleep(1.0)
             settled = proxy_events(server) or {}
             result["events"] = {
-                "published_during_run": after.get("published", 0) - events_before.get("published", 0),
+                "published_during_run":
+                    after.get("published", 0) - events_before.get("published", 0),
                 "queued_at_end": after.get("queued"), "queued_1s_later": settled.get("queued"),
                 "dropped_total": settled.get("dropped"),
             }
@@ -490,9 +491,10 @@ def run_scenario(scenario: Scenario, options: Options, infra: Infra, layout: pro
                 is_direct = server is upstream
                 if is_direct:
                     procs.pin(upstream.pids(), layout.server)
+                rate = f", {scenario.rate:g}/s" if scenario.rate else ""
+                round_ = f" run {r + 1}/{options.repeat}" if options.repeat > 1 else ""
                 log(f"{scenario.name}: {server.name} ({scenario.connections} connections"
-                    f"{f', {scenario.rate:g}/s' if scenario.rate else ''}, "
-                    f"{options.duration:g}s){f' run {r + 1}/{options.repeat}' if options.repeat > 1 else ''}")
+                    f"{rate}, {options.duration:g}s){round_}")
                 try:
                     runs[server.name].append(measurer.measure(server, scenario, keys))
                 finally:
@@ -543,7 +545,7 @@ def check_proxy(proxy: Server, key: str, scenario: Scenario, options: Options) -
         else (options.key_header, key)
     request = urllib.request.Request(proxy.url, headers={header[0]: header[1]})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with procs.urlopen(request, 10) as response:
             body = response.read()
             status, headers = response.status, response.headers
     except urllib.error.HTTPError as exc:
