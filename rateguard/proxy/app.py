@@ -26,7 +26,7 @@ from rateguard.proxy.limiting import Limiter
 from rateguard.proxy.metrics import ProxyMetrics
 from rateguard.proxy.upstream import UpstreamPool
 from rateguard.settings import Settings
-from rateguard.snapshot.model import Snapshot
+from rateguard.snapshot.model import ALWAYS, STRICT, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ class ProxyApp:
             def publish(event) -> None:
                 pass
 
-        pool = UpstreamPool(connect_timeout=settings.UPSTREAM_CONNECT_TIMEOUT)
+        guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
+            else ALWAYS
+        pool = UpstreamPool(connect_timeout=settings.UPSTREAM_CONNECT_TIMEOUT, guard=guard)
         self.server = ProxyServer(
             gateway, pool, publish=publish, metrics=metrics,
             max_body=settings.PROXY_MAX_BODY_BYTES, upstream_timeout=settings.UPSTREAM_TIMEOUT,

@@ -8,13 +8,14 @@ after a complete response on a keep-alive connection with the request fully sent
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 from collections import defaultdict
 
 import httptools
 
-from rateguard.snapshot.model import Upstream
+from rateguard.snapshot.model import ALWAYS, Upstream, UpstreamGuard
 
 
 class UpstreamConnectError(Exception):
@@ -126,8 +127,9 @@ class UpstreamPool:
     """Idle keep-alive connections per upstream, most recently used first."""
 
     def __init__(self, *, connect_timeout: float = 5.0, max_idle: int = 256,
-                 idle_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 30.0, guard: UpstreamGuard = ALWAYS) -> None:
         self.connect_timeout = connect_timeout
+        self.guard = guard
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[Upstream, list[UpstreamConnection]] = defaultdict(list)
@@ -142,11 +144,34 @@ class UpstreamPool:
             conn.abort()
         return None
 
+    async def _resolve(self, upstream: Upstream) -> str:
+        """The address to connect to, checked by the SSRF guard after resolution: a
+        public name that resolves to a refused address (DNS rebinding) is refused, and
+        the connection goes to the very address that was checked."""
+        try:
+            ipaddress.ip_address(upstream.host)
+        except ValueError:
+            pass
+        else:  # a literal address: nothing to resolve
+            refused = self.guard.check_address(upstream.host)
+            if refused is not None:
+                raise UpstreamConnectError(f"upstream {upstream.host} refused: {refused}")
+            return upstream.host
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(upstream.host, upstream.port, type=socket.SOCK_STREAM)
+        refused = None
+        for family, _type, _proto, _name, sockaddr in infos:
+            refused = self.guard.check_address(sockaddr[0])
+            if refused is None:
+                return sockaddr[0]
+        raise UpstreamConnectError(f"upstream {upstream.host} refused: {refused}")
+
     async def connect(self, upstream: Upstream) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
+            address = await asyncio.wait_for(self._resolve(upstream), self.connect_timeout)
             _transport, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: UpstreamConnection(upstream), upstream.host, upstream.port,
+                lambda: UpstreamConnection(upstream), address, upstream.port,
                 ssl=self._ssl if upstream.tls else None,
                 server_hostname=upstream.host if upstream.tls else None),
                 self.connect_timeout)

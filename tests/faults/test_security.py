@@ -4,6 +4,7 @@ any log a run leaves behind."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import subprocess
 import sys
@@ -134,3 +135,26 @@ async def test_secrets_never_appear_in_logs(
         text = path.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a secret appears in {path.name}"
+
+
+async def test_a_name_resolving_to_a_refused_address_is_refused_at_connect_time(
+        start_proxy, fupstream, fsession):
+    """DNS rebinding: the config names a host that passes the config check, but it
+    resolves to loopback, which production refuses. The proxy checks the resolved
+    address and connects only to the address it checked."""
+    import socket
+
+    import orjson
+
+    name = socket.gethostname()
+    resolved = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)[0][4][0]
+    assert ipaddress.ip_address(resolved).is_private, \
+        f"this test needs the hostname to resolve to a private address, got {resolved}"
+    keys = Keys()
+    config = {"workspaces": [{"id": "rebind", "apis": [
+        {"id": "a", "prefix": "/", "upstream": f"http://{name}:{fupstream.port}"}],
+        "keys": [keys.entry("k")]}]}
+    proxy = start_proxy(config, "rebind", RATEGUARD_ENV="production")
+    status, _, body = await fetch(fsession, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
+    assert status == 502
+    assert "refused" in orjson.loads(body)["message"]
