@@ -294,40 +294,29 @@ class Exchange:
             return
         if now - self.last_activity < self.timeout:
             return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.exchange = None
-            conn.abort()
-        if self.response_started:
-            self.client.close()
-            self.finish()
-        else:
-            self.respond_error(504, "upstream_timeout",
-                               f"upstream did not answer within {self.timeout:g}s")
+        self.fail(504, "upstream_timeout", f"upstream did not answer within {self.timeout:g}s")
 
     def client_stalled(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.exchange = None
-            conn.abort()
         self.keep_alive = False
-        if self.response_started:
-            self.client.close()
-            self.finish()
-        else:
-            self.respond_error(408, "request_timeout",
-                               f"request body stalled for {self.server.body_timeout:g}s")
+        self.fail(408, "request_timeout",
+                  f"request body stalled for {self.server.body_timeout:g}s")
 
     def protocol_error(self, status: int, error: str, message: str) -> None:
         """The request turned out malformed after its head (e.g. broken chunked
-        encoding): answer it if nothing was sent yet, else cut the connection."""
+        encoding)."""
         if self.finished:
             return
+        self.keep_alive = False
+        self.fail(status, error, message)
+
+    def fail(self, status: int, error: str, message: str) -> None:
+        """End the exchange with the gateway's own error: drop the upstream connection,
+        then answer ``status`` if nothing was sent yet, else cut the client connection
+        (a response already under way cannot change its status)."""
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        self.keep_alive = False
         if self.response_started:
             self.client.close()
             self.finish()
@@ -422,14 +411,7 @@ class Exchange:
         self.finish()
 
     def on_upstream_error(self, message: str) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.exchange = None
-        if self.response_started:
-            self.client.close()
-            self.finish()
-        else:
-            self.respond_error(502, "bad_gateway", message)
+        self.fail(502, "bad_gateway", message)
 
     def on_upstream_lost(self, conn: UpstreamConnection) -> None:
         if self.finished or conn is not self.conn:
