@@ -77,7 +77,8 @@ USAGE = web.AppKey("usage", UsageJob)
 
 def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None = None,
               clickhouse=None, clickhouse_database: str = "rateguard",
-              usage_interval: float = 30.0, access_ttl: int | None = None) -> web.Application:
+              usage_interval: float = 30.0, access_ttl: int | None = None,
+              secure_cookies: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
     app[CLICKHOUSE_DB] = clickhouse_database
@@ -122,6 +123,9 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_routes(app)
+    # The dashboard (rateguard/web/pages): HTML pages and /static on the same port.
+    from rateguard.web.pages import setup_pages
+    setup_pages(app, jwt_secret, secure_cookies=secure_cookies)
     return app
 
 
@@ -143,9 +147,10 @@ async def serve(settings, host: str, port: int) -> None:
                                 settings.ANALYTICS_TTL_DAYS)
     app = build_app(settings.DATABASE_URL, settings.JWT_SECRET,
                     encryption_key=settings.ENCRYPTION_KEY, clickhouse=clickhouse,
-                    clickhouse_database=settings.CLICKHOUSE_DATABASE)
+                    clickhouse_database=settings.CLICKHOUSE_DATABASE,
+                    secure_cookies=settings.production)
     runner = await start(app, host, port)
-    log.info("web: management API on http://%s:%d/api/v1", host, port)
+    log.info("web: dashboard on http://%s:%d/, management API on /api/v1", host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
