@@ -32,6 +32,7 @@ from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
 
+LINGER_UNLESS = 2000  # events queued: past this, send at once instead of lingering
 DROP_LOG_SECONDS = 10.0  # at most one drop line per this interval (with a count)
 
 
@@ -62,8 +63,10 @@ class EventPublisher:
         self.max_queue = max_queue
         self.queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
+        self.linger = linger_ms / 1000.0
         self._producer_args = dict(
-            bootstrap_servers=",".join(brokers), linger_ms=linger_ms,
+            # the publisher lingers itself (see _run); the producer only briefly
+            bootstrap_servers=",".join(brokers), linger_ms=min(linger_ms, 5),
             max_batch_size=batch_bytes, acks="all", request_timeout_ms=10_000,
             compression_type=None if compression == "none" else compression,
         )
@@ -189,6 +192,10 @@ class EventPublisher:
             self._inflight = []
             if not failed:
                 backoff = 0.2
+                if len(self.queue) < LINGER_UNLESS and not self._stopping:
+                    # Let events gather: fewer, larger records cost the proxy far less
+                    # than one produce request per few events.
+                    await asyncio.sleep(self.linger)
                 if self._down_since is not None:
                     log.warning("events: kafka is back after %.1fs; %d queued, %d spooled",
                                 time.monotonic() - self._down_since, len(self.queue),
