@@ -136,6 +136,7 @@ def run(args, command_line: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "profile", False):
         options.profile_dir = out.resolve()
+    options.log_dir = out.resolve()
     layout = procs.Layout(options.pin)
     machine = procs.machine()
     if layout.enabled:

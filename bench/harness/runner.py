@@ -44,6 +44,7 @@ class Options:
     max_requests: int = 0            # keys-10k: keep running phases until this many
     timeout: float = 10.0
     profile_dir: Path | None = None  # --profile: py-spy the proxy into this directory
+    log_dir: Path | None = None      # where the servers' logs are kept (--out)
 
 
 @dataclass
@@ -241,8 +242,9 @@ def _pythonpath() -> str:
 
 # -- measuring ------------------------------------------------------------------------------
 
-def proxy_events(server: Server) -> dict | None:
-    """Events published / dropped / queued, from the proxy's metrics endpoint."""
+def proxy_metrics(server: Server) -> dict | None:
+    """Events published / dropped / queued, answers by status class and limiter
+    decisions, from the proxy's metrics endpoint (counters: take differences)."""
     if not server.metrics_url:
         return None
     try:
@@ -251,15 +253,32 @@ def proxy_events(server: Server) -> dict | None:
         return None
     if status != 200:
         return None
-    text = body.decode(errors="replace")
-    out = {}
-    for name, key in (("rateguard_events_published_total", "published"),
-                      ("rateguard_events_dropped_total", "dropped"),
-                      ("rateguard_event_queue_depth", "queued")):
-        match = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-        if match:
-            out[key] = int(float(match.group(1)))
+    out: dict = {"status_class": {}, "decision": {}}
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r"^([a-z_]+)(?:{([^}]*)})? ([0-9.e+-]+)$", line)
+        if not match:
+            continue
+        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
+        if name == "rateguard_events_published_total":
+            out["published"] = int(value)
+        elif name == "rateguard_events_dropped_total":
+            out["dropped"] = int(value)
+        elif name == "rateguard_event_queue_depth":
+            out["queued"] = int(value)
+        elif name == "rateguard_redis_up":
+            out["redis_up"] = int(value)
+        elif name in ("rateguard_requests_total", "rateguard_limiter_decisions_total"):
+            key = "status_class" if name == "rateguard_requests_total" else "decision"
+            label = re.search(r'(?:status_class|decision)="([^"]*)"', labels)
+            if label:
+                out[key][label.group(1)] = out[key].get(label.group(1), 0) + int(value)
     return out
+
+
+def _delta(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
 class Measurer:
@@ -293,7 +312,7 @@ class Measurer:
         duration = per_phase if scenario.phases > 1 else options.duration
         pids = server.pids()
         helpers = [p for p in self.helper_pids() if p not in pids]
-        events_before = proxy_events(server) if server.name == "proxy" else None
+        events_before = proxy_metrics(server) if server.name == "proxy" else None
         spy = raw = None
         if options.profile_dir is not None and server.name != "direct" and pids:
             from bench.harness import profile
@@ -363,9 +382,16 @@ class Measurer:
             else:
                 log(f"  profile: py-spy wrote nothing ({spy.stderr.read().decode()[-300:]})")
         if events_before is not None:
-            after = proxy_events(server) or {}
+            after = proxy_metrics(server) or {}
             time.sleep(1.0)
-            settled = proxy_events(server) or {}
+            settled = proxy_metrics(server) or {}
+            # What the proxy itself counted during the run (whatever the generator saw).
+            result["proxy_counted"] = {
+                "by_status_class": _delta(after.get("status_class", {}),
+                                          events_before.get("status_class", {})),
+                "by_decision": _delta(after.get("decision", {}),
+                                      events_before.get("decision", {})),
+                "redis_up_at_end": after.get("redis_up")}
             result["events"] = {
                 "published_during_run":
                     after.get("published", 0) - events_before.get("published", 0),
@@ -457,6 +483,13 @@ def problems(result: dict) -> list[str]:
             out.append(f"unexpected statuses {bad}")
     elif errors.get("status"):
         out.append(f"{errors['status']} answers outside 2xx/3xx")
+    # The proxy's own counts: 5xx, or keys refused. (Its "error" decisions in 4xx are
+    # mostly 499s: requests in flight when the generator closed its connections.)
+    counted = result.get("proxy_counted", {})
+    if counted.get("by_status_class", {}).get("5xx") or \
+            counted.get("by_decision", {}).get("unauthorized"):
+        out.append(f"the proxy counted {counted.get('by_status_class')}, "
+                   f"decisions {counted.get('by_decision')}")
     return out
 
 
@@ -518,6 +551,11 @@ def run_scenario(scenario: Scenario, options: Options, infra: Infra, layout: pro
     finally:
         for server in reversed(servers):
             server.stop()
+        if options.log_dir is not None:
+            for server in servers:
+                if server.name != "direct" and server.log_path and server.log_path.exists():
+                    target = options.log_dir / f"{scenario.name}-{server.name}.log"
+                    target.write_bytes(server.log_path.read_bytes()[-1_000_000:])
 
 
 def _loadavg() -> list[str] | None:
