@@ -16,11 +16,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
-.venv/bin/python -m pytest "$@"
+# The deployment checks and a 10-second smoke run of the benchmark harness first, so
+# that the main test run's summary is the last thing printed.
+bash deploy/check.sh
+.venv/bin/python -m bench smoke
 
-if [ -f deploy/check.sh ]; then
-    bash deploy/check.sh
-fi
-if [ -f bench/__main__.py ]; then
-    .venv/bin/python -m bench smoke
-fi
+.venv/bin/python -m pytest "$@"
