@@ -82,3 +82,20 @@ async def test_a_viewer_sees_but_cannot_change(page: Page, dashboard):
     response = await page.goto(f"/w/{other.workspace_id}/keys")
     assert response.status == 404
     await expect(page.get_by_role("heading", name="Workspace not found")).to_be_visible()
+
+
+async def test_an_invited_teammate_signs_up_into_the_workspace(page: Page, dashboard):
+    owner = await dashboard.signup("inviter")
+    email = f"mate-{uuid.uuid4().hex[:6]}@example.com"
+    status, invitation = await dashboard.call(
+        "POST", f"/workspaces/{owner.workspace_id}/invitations", owner,
+        json={"email": email, "role": "admin"})
+    assert status == 201
+    await page.goto(f"/signup?invitation={invitation['token']}")
+    await expect(page.get_by_text("You were invited to a workspace")).to_be_visible()
+    await expect(page.get_by_label("Workspace name")).to_have_count(0)
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page).to_have_url(re.compile(f"/w/{owner.workspace_id}/apis"))
+    await expect(page.locator("#workspace-switch option:checked")).to_contain_text("(admin)")
