@@ -47,7 +47,7 @@ def gateway(loop, redis_url, snapshot):
 
 @pytest.fixture(scope="module")
 def api(snapshot):
-    return snapshot.routes[""][0][1]
+    return next(iter(snapshot.routes[""].values()))
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ redis-py's asyncio client spends about 130 us of CPU per EVALSHA; this protocol,
 on hiredis's reader and packer, spends a fraction of that. It only does what the hot
 path needs: send a command, get its reply, in order, on one connection.
 
-Commands issued during one event-loop tick are written with one ``write`` call, so
-concurrent requests pipeline naturally. A reply that does not arrive within
+Commands issued during one event-loop tick while others are in flight are written
+with one ``write`` call, so concurrent requests pipeline naturally; a command on an
+idle connection is written at once. A reply that does not arrive within
 ``timeout`` seconds fails every pending command and drops the connection (replies are
 ordered, so one stuck reply means all behind it are stuck); the next command
 reconnects.
@@ -167,12 +168,18 @@ class RedisClient:
     def _send(self, proto: _Protocol, packed: bytes) -> asyncio.Future:
         loop = self._loop or asyncio.get_running_loop()
         fut = loop.create_future()
+        idle = not proto.waiters and not self._buffer
         proto.waiters.append(fut)
         self._sent_at.append(loop.time())
-        self._buffer.append(packed)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if idle and proto.transport is not None:
+            # Nothing in flight: send now rather than one loop iteration later (the
+            # latency of a lone request); under load, commands of one tick coalesce.
+            proto.transport.write(packed)
+        else:
+            self._buffer.append(packed)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check_timeout)
         return fut

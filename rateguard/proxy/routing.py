@@ -15,6 +15,8 @@ def safe_path(path: str) -> bool:
     URLs and ``host:port`` targets are refused."""
     if not path.startswith("/"):
         return False
+    if "%" not in path and "\\" not in path and "/." not in path and "\x00" not in path:
+        return True  # no dot segment can hide in it: the common case, checked cheaply
     decoded = path
     for _ in range(4):  # upstreams that decode more than four times are not served
         once = unquote(decoded)
@@ -51,16 +53,19 @@ def match(routes: dict, host: str, path: str) -> tuple[Api, str] | None:
     for table in (routes.get(host), routes.get("")):
         if not table:
             continue
-        for prefix, api in table:
-            if prefix == "/":
-                rest = path
-            elif path == prefix or path.startswith(prefix) and path[len(prefix)] == "/":
-                rest = path[len(prefix):] if api.strip_prefix else path
-            else:
-                continue
-            if not rest:
-                rest = "/"
-            return api, api.upstream.base_path + rest
+        candidate = path
+        while True:  # "/a/b/c", "/a/b", "/a", "/": the longest configured prefix wins
+            api = table.get(candidate)
+            if api is not None:
+                if candidate == "/" or not api.strip_prefix:
+                    rest = path
+                else:
+                    rest = path[len(candidate):] or "/"
+                return api, api.upstream.base_path + rest
+            if candidate == "/":
+                break
+            cut = candidate.rfind("/")
+            candidate = candidate[:cut] or "/"
     return None
 
 

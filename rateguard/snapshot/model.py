@@ -183,22 +183,20 @@ class Snapshot:
     keys: tuple[ApiKey, ...] = ()
     policies: tuple[Policy, ...] = ()
     version: str = "0"
-    # host (lowercase, no port) or "" -> [(prefix, api)] longest prefix first
+    # host (lowercase, no port) or "" -> {prefix: api}; routing walks a path's own
+    # prefixes, longest first, so its cost is the path's depth, not the API count
     routes: dict = field(init=False, default_factory=dict)
     keys_by_hash: dict = field(init=False, default_factory=dict)
     policies_by_id: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        routes: dict[str, list[tuple[str, Api]]] = {}
+        routes: dict[str, dict[str, Api]] = {}
         for api in self.apis:
-            routes.setdefault((api.host or "").lower(), []).append((api.prefix, api))
-        for host, table in routes.items():
-            seen = set()
-            for prefix, api in table:
-                if prefix in seen:
-                    raise ConfigError(f"api {api.id!r}: route {host or '*'}{prefix} is taken twice")
-                seen.add(prefix)
-            table.sort(key=lambda item: len(item[0]), reverse=True)
+            table = routes.setdefault((api.host or "").lower(), {})
+            if api.prefix in table:
+                raise ConfigError(
+                    f"api {api.id!r}: route {api.host or '*'}{api.prefix} is taken twice")
+            table[api.prefix] = api
         object.__setattr__(self, "routes", routes)
         object.__setattr__(self, "keys_by_hash", {k.key_hash: k for k in self.keys})
         policies = {(p.workspace_id, p.id): p for p in self.policies}
