@@ -82,6 +82,18 @@ def _flag(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _limits(value: str) -> str:
+    from rateguard.errors import ConfigError
+    from rateguard.limiter.policy import parse_limit
+
+    try:
+        for part in value.split(","):
+            parse_limit(part)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _identifier(value: str) -> str:
     if not value.replace("_", "").isalnum():
         raise ValueError("must contain only letters, digits and underscores")
@@ -139,6 +151,8 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "ANALYTICS_BATCH_SECONDS": (_positive_float, 1.0, "longest wait before an insert"),
     "ANALYTICS_TTL_DAYS": (_positive_int, 90, "days of raw events kept in ClickHouse"),
     "ALERTS_INTERVAL_SECONDS": (_positive_float, 30.0, "seconds between alert rule evaluations"),
+    "LOGIN_RATE_LIMIT_IP": (_limits, "30/min", "sign-in attempts per client address"),
+    "LOGIN_RATE_LIMIT_EMAIL": (_limits, "10/min", "sign-in attempts per account email"),
 }
 
 
@@ -180,6 +194,8 @@ class Settings:
     ANALYTICS_BATCH_SECONDS: float
     ANALYTICS_TTL_DAYS: int
     ALERTS_INTERVAL_SECONDS: float
+    LOGIN_RATE_LIMIT_IP: str
+    LOGIN_RATE_LIMIT_EMAIL: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -159,7 +159,9 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
     step(f"Alerts          evaluating rules every {alerts.interval:g}s")
     web_runner = await start(build_app(
         settings.DATABASE_URL, settings.JWT_SECRET, encryption_key=settings.ENCRYPTION_KEY,
-        clickhouse=analytics.clickhouse, clickhouse_database=settings.CLICKHOUSE_DATABASE),
+        clickhouse=analytics.clickhouse, clickhouse_database=settings.CLICKHOUSE_DATABASE,
+        redis_url=settings.REDIS_URL, redis_cluster=settings.redis_cluster,
+        login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL)),
         "0.0.0.0", web_port)
     web_url = f"http://127.0.0.1:{web_port}"
     step(f"Web             {web_url} (management API {web_url}/api/v1)")

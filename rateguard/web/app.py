@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from datetime import datetime, timezone
+from functools import partial
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ from rateguard.web.api.registry import (
     CLICKHOUSE, CLICKHOUSE_DB, REPO, TOKENS, add_routes, error_response, errors_middleware,
 )
 from rateguard.web.auth import Tokens
+from rateguard.web.throttle import throttle_ctx
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ USAGE = web.AppKey("usage", UsageJob)
 def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None = None,
               clickhouse=None, clickhouse_database: str = "rateguard",
               usage_interval: float = 30.0, access_ttl: int | None = None,
-              secure_cookies: bool = False) -> web.Application:
+              secure_cookies: bool = False, redis_url: str | None = None,
+              redis_cluster: bool = False,
+              login_limits: tuple[str, str] = ("30/min", "10/min")) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
     app[CLICKHOUSE_DB] = clickhouse_database
@@ -108,6 +112,8 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
 
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(usage)
+    app.cleanup_ctx.append(partial(throttle_ctx, redis_url=redis_url, cluster=redis_cluster,
+                                   per_ip=login_limits[0], per_email=login_limits[1]))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -148,7 +154,9 @@ async def serve(settings, host: str, port: int) -> None:
     app = build_app(settings.DATABASE_URL, settings.JWT_SECRET,
                     encryption_key=settings.ENCRYPTION_KEY, clickhouse=clickhouse,
                     clickhouse_database=settings.CLICKHOUSE_DATABASE,
-                    secure_cookies=settings.production)
+                    secure_cookies=settings.production, redis_url=settings.REDIS_URL,
+                    redis_cluster=settings.redis_cluster,
+                    login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL))
     runner = await start(app, host, port)
     log.info("web: dashboard on http://%s:%d/, management API on /api/v1", host, port)
     loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ class ControlPlane:
     def __init__(self, database_url: str, clickhouse=None, clickhouse_db: str = "rateguard",
                  **options) -> None:
         self.database_url = database_url
+        self.app_redis_url = options.get("redis_url")
         self.app = build_app(database_url, JWT_SECRET, encryption_key=ENCRYPTION_KEY,
                              clickhouse=clickhouse, clickhouse_database=clickhouse_db,
                              **options)

@@ -6,6 +6,7 @@ from rateguard.db import validate
 from rateguard.db.errors import Invalid
 from rateguard.web.api import schemas as s
 from rateguard.web.api.registry import TOKENS, Ctx, op
+from rateguard.web.throttle import THROTTLE
 
 
 async def _session(ctx: Ctx, user: dict, session_id: str, refresh: str,
@@ -37,13 +38,16 @@ async def signup(ctx: Ctx):
 
 @op("POST", "/auth/login", summary="Sign in with email and password (argon2id).",
     tag="accounts", access="public", request=s.LOGIN, response=s.ref("Session"),
-    errors=(400, 401, 422))
+    errors=(400, 401, 422, 429))
 async def login(ctx: Ctx):
     body = validate.body_object(ctx.body, {"email", "password"}, {"email", "password"})
     for name in ("email", "password"):
         if not isinstance(body[name], str) or not 1 <= len(body[name]) <= 256 \
                 or "\x00" in body[name]:
             raise Invalid(name, "must be a non-empty string")
+    throttle = ctx.request.app.get(THROTTLE)
+    if throttle is not None:
+        await throttle.check(ctx.request.remote or "", body["email"])
     user = await ctx.repo.authenticate(body["email"].strip(), body["password"])
     session_id, refresh = await ctx.repo.create_session(user["id"])
     return await _session(ctx, user, session_id, refresh)

@@ -15,6 +15,7 @@ REASONS = {400: "Malformed request (not JSON, or no body)",
            401: "No valid access token", 403: "The caller's role does not allow this",
            404: "Not found (or in a workspace the caller does not belong to)",
            409: "Conflicts with existing data", 422: "A field is invalid; 'field' names it",
+           429: "Too many attempts; Retry-After says when to try again",
            503: "A backing service is unavailable"}
 
 
