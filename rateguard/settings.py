@@ -94,6 +94,12 @@ def _limits(value: str) -> str:
     return value
 
 
+def _networks(value: str) -> tuple:
+    from rateguard.proxy.client_address import parse_networks
+
+    return parse_networks(value)
+
+
 def _identifier(value: str) -> str:
     if not value.replace("_", "").isalnum():
         raise ValueError("must contain only letters, digits and underscores")
@@ -153,6 +159,8 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "ALERTS_INTERVAL_SECONDS": (_positive_float, 30.0, "seconds between alert rule evaluations"),
     "LOGIN_RATE_LIMIT_IP": (_limits, "30/min", "sign-in attempts per client address"),
     "LOGIN_RATE_LIMIT_EMAIL": (_limits, "10/min", "sign-in attempts per account email"),
+    "TRUSTED_PROXIES": (_networks, (), "CIDRs of load balancers whose X-Forwarded-For/-Proto "
+                        "the proxy believes"),
 }
 
 
@@ -196,6 +204,7 @@ class Settings:
     ALERTS_INTERVAL_SECONDS: float
     LOGIN_RATE_LIMIT_IP: str
     LOGIN_RATE_LIMIT_EMAIL: str
+    TRUSTED_PROXIES: tuple
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -241,7 +250,7 @@ class Settings:
             if value is None:
                 continue
             if isinstance(value, tuple):
-                value = ",".join(value)
+                value = ",".join(map(str, value))
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[field.name] = str(value)

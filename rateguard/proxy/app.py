@@ -116,7 +116,8 @@ class ProxyApp:
             max_body=settings.PROXY_MAX_BODY_BYTES, upstream_timeout=settings.UPSTREAM_TIMEOUT,
             special_paths={"/healthz": self.health, "/readyz": self.readiness},
             head_timeout=settings.PROXY_HEAD_TIMEOUT, body_timeout=settings.PROXY_BODY_TIMEOUT,
-            keepalive_timeout=settings.PROXY_KEEPALIVE_TIMEOUT)
+            keepalive_timeout=settings.PROXY_KEEPALIVE_TIMEOUT,
+            trusted_proxies=settings.TRUSTED_PROXIES)
         metrics.inflight.set_function(lambda: self.server.inflight)
 
         def apply(new: Snapshot) -> None:

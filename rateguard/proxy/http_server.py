@@ -23,6 +23,8 @@ from typing import Callable
 import httptools
 
 from rateguard.proxy import headers as h
+from rateguard.proxy.client_address import client_address
+from rateguard.proxy.client_address import forwarded_proto as forwarded_proto_of
 from rateguard.proxy.gateway import Admission, Gateway
 from rateguard.proxy.upstream import UpstreamConnectError, UpstreamConnection, UpstreamPool
 
@@ -60,7 +62,7 @@ class Exchange:
         "admission", "response_started", "response_chunked", "response_done", "status",
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
-        "head_only", "error_decision", "sent_body", "close_delimited", "body_activity", "bad_head",
+        "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto", "body_activity", "bad_head",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -103,6 +105,7 @@ class Exchange:
         self.body_activity = server.loop.time()
         self.bad_head = ""
         host = authorization = x_api_key = user_agent = expect = None
+        forwarded_for = forwarded_proto = None
         for name, value in headers:
             if name == b"host":
                 if host is not None:
@@ -122,6 +125,17 @@ class Exchange:
                 self.chunked_in = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif name == b"expect":
                 expect = value
+            elif name == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b"," + value
+            elif name == b"x-forwarded-proto":
+                forwarded_proto = value
+        trusted = server.trusted_proxies
+        if trusted:
+            self.client_ip = client_address(client.client_ip, forwarded_for, trusted)
+            self.proto = forwarded_proto_of(client.client_ip, forwarded_proto, trusted)
+        else:
+            self.client_ip = client.client_ip
+            self.proto = b"http"
         self.host = host
         self.authorization = authorization
         self.x_api_key = x_api_key
@@ -195,7 +209,7 @@ class Exchange:
             self.keep_alive = False
             self.respond_error(400, "bad_request", self.bad_head)
             return
-        client_ip = self.client.client_ip
+        client_ip = self.client_ip
         admission = self.admission = await server.gateway.admit(
             self.host, path, self.authorization, self.x_api_key, client_ip)
         if self.finished:  # the client went away or the body was refused meanwhile
@@ -259,7 +273,7 @@ class Exchange:
             drop = drop | {b"authorization"}
         head = h.upstream_request_head(
             self.method, target, self.headers, host=api.upstream.host_header,
-            client_ip=self.client.client_ip_bytes, proto=b"http", original_host=self.host,
+            client_ip=self.client.client_ip_bytes, proto=self.proto, original_host=self.host,
             request_id=self.request_id.encode(), framing=framing, drop=drop,
             extra=api.upstream_headers)
         if self.expect is not None and self.expect.lower() == b"100-continue" \
@@ -705,7 +719,8 @@ class ProxyServer:
                  metrics, max_body: int, upstream_timeout: float,
                  special_paths: dict[str, Callable[[], tuple[int, bytes]]],
                  head_timeout: float = HEAD_SECONDS, keepalive_timeout: float = KEEPALIVE_SECONDS,
-                 body_timeout: float = BODY_SECONDS) -> None:
+                 body_timeout: float = BODY_SECONDS, trusted_proxies: tuple = ()) -> None:
+        self.trusted_proxies = trusted_proxies
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
@@ -777,5 +792,5 @@ class ProxyServer:
             exchange.method.decode("latin-1"),
             (exchange.host or b"").decode("latin-1"), raw_path.decode("latin-1"),
             status, latency * 1000.0, exchange.upstream_ms, exchange.bytes_in,
-            exchange.bytes_out, exchange.client.client_ip,
+            exchange.bytes_out, exchange.client_ip,
             (exchange.user_agent or b"").decode("latin-1")[:512], decision))

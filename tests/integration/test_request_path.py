@@ -311,3 +311,32 @@ async def test_close_delimited_upstream_response_arrives_whole(proxies, session)
             assert received == body
     finally:
         server.close()
+
+
+async def test_ip_scoped_limits_behind_a_trusted_proxy(proxies, upstream, session):
+    """Behind an ingress (TRUSTED_PROXIES), `ip` limits count the real client from
+    X-Forwarded-For; an untrusted caller cannot pick its address that way."""
+    from tests.integration.conftest import Keys, unique
+
+    keys = Keys()
+    config = {"workspaces": [{"id": unique("xff"), "policies": [
+        {"id": "per-ip", "limits": ["2/min"], "scope": "ip", "algorithm": "sliding_log"}],
+        "apis": [{"id": "a", "prefix": "/", "upstream": upstream.url, "policy": "per-ip"}],
+        "keys": [keys.entry("k")]}]}
+    behind = proxies(config, TRUSTED_PROXIES="127.0.0.1/32")
+
+    async def call(proxy, client):
+        status, _, body = await fetch(session, "GET", f"{proxy.url}/x", headers={
+            **keys.auth("k"), "X-Forwarded-For": client, "X-Forwarded-Proto": "https"})
+        return status, body
+
+    assert [(await call(behind, "198.51.100.1"))[0] for _ in range(3)] == [200, 200, 429]
+    status, body = await call(behind, "198.51.100.2")  # another client: its own budget
+    assert status == 200
+    seen = orjson.loads(body)["headers"]
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-for"] == "198.51.100.2, 127.0.0.1"
+
+    exposed = proxies(config)  # no trusted proxies: X-Forwarded-For is not believed
+    statuses = [(await call(exposed, f"198.51.100.{i}"))[0] for i in range(10, 13)]
+    assert statuses == [200, 200, 429]
