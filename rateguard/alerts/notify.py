@@ -17,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import socket
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from rateguard import __version__
+from rateguard.snapshot.model import ALWAYS, UpstreamGuard
 
 SIGNATURE_HEADER = "X-RateGuard-Signature"
 DELIVERY_HEADER = "X-RateGuard-Delivery"
@@ -71,6 +74,26 @@ def summary(payload: dict) -> str:
     if payload.get("event") == "test":
         return f"[TEST] RateGuard test notification for channel '{payload.get('channel', '')}'"
     return payload.get("summary") or orjson.dumps(payload).decode()
+
+
+async def refused_destination(url: str, guard: UpstreamGuard = ALWAYS) -> str | None:
+    """Why the server must not call ``url`` (the proxy's SSRF guard applied to every
+    address the host resolves to), or None. Metadata and link-local addresses are never
+    called; with the production guard, private ones neither (ALLOW_PRIVATE_UPSTREAMS)."""
+    host = urlsplit(url).hostname or ""
+    refused = guard.check_host(host)
+    if refused is not None:
+        return refused
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for info in infos:
+        refused = guard.check_address(info[4][0])
+        if refused is not None:
+            return refused
+    return None
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict,
@@ -144,10 +167,16 @@ SENDERS = {"webhook": _webhook, "slack": _slack, "smtp": _smtp}
 
 
 async def deliver(channel: Channel, payload: dict, delivery_id: str,
-                  session: aiohttp.ClientSession, timeout: float = 10.0) -> Result:
+                  session: aiohttp.ClientSession, timeout: float = 10.0,
+                  guard: UpstreamGuard = ALWAYS) -> Result:
     """One attempt, never longer than ``timeout`` seconds; never raises (but on cancel)."""
     started = time.perf_counter()
     try:
+        if channel.kind in ("webhook", "slack"):
+            url = channel.config.get("url", "") if channel.kind == "webhook" else channel.secret
+            refused = await refused_destination(url or "", guard)
+            if refused is not None:
+                return Result(False, None, f"refused: {refused}")
         result = await asyncio.wait_for(
             SENDERS[channel.kind](channel, payload, delivery_id, session, timeout), timeout)
     except asyncio.TimeoutError:

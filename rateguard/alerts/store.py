@@ -24,6 +24,7 @@ from rateguard.alerts.rules import (
 from rateguard.db import validate
 from rateguard.db.errors import Conflict, Invalid, NotFound
 from rateguard.db.repository import Actor, Repository, new_id, utcnow
+from rateguard.snapshot.model import ALWAYS
 
 CHANNEL_FIELDS = {"name", "kind", "url", "secret", "host", "port", "starttls", "tls_verify",
                   "username", "password", "from", "to"}
@@ -47,6 +48,9 @@ def _url(body: dict, name: str = "url") -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or any(
             ch in value for ch in "\r\n\x00 "):
         raise Invalid(name, "must be an http(s) URL")
+    refused = ALWAYS.check_host(parts.hostname)  # never metadata or link-local
+    if refused is not None:
+        raise Invalid(name, refused)
     return value
 
 

@@ -37,6 +37,7 @@ from rateguard.alerts import evaluator, notify
 from rateguard.alerts.store import decrypt_channel, record_attempt
 from rateguard.db.connection import connect
 from rateguard.settings import Settings
+from rateguard.snapshot.model import ALWAYS, STRICT
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class AlertsWorker:
         if settings.ENCRYPTION_KEY:
             from rateguard.crypto import KeyRing
             self.keyring = KeyRing(settings.ENCRYPTION_KEY)
+        # the proxy's SSRF guard for webhook and Slack deliveries
+        self.guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
+            else ALWAYS
         self.role = "starting"
         self.evaluations = 0
         self.last_evaluation: float | None = None
@@ -267,7 +271,8 @@ class AlertsWorker:
                 result = notify.Result(False, None, f"channel secret: {exc}")
             else:
                 result = await notify.deliver(channel, row["payload"], str(outbox_id),
-                                              self._session, self.delivery_timeout)
+                                              self._session, self.delivery_timeout,
+                                              self.guard)
             final = attempt >= self.max_attempts
             async with leader.use() as conn, conn.transaction():
                 await record_attempt(conn, outbox_id, attempt, result, final=final,

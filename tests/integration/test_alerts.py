@@ -11,6 +11,8 @@ import sys
 import time
 
 import orjson
+import socket
+
 import pytest
 import pytest_asyncio
 
@@ -401,3 +403,23 @@ async def test_cli_manages_rules_and_sends_a_test_notification(plane, receiver, 
                                "--name", "x", "--metric", "error_rate", "--above", "5",
                                "--window", "60")
     assert code == 2 and err.count("\n") == 1 and "threshold" in err
+
+
+async def test_channels_to_metadata_or_private_addresses_are_refused():
+    """The proxy's SSRF guard applies to alert webhooks: cloud metadata is never called;
+    with the production guard (the alerts worker in production without
+    ALLOW_PRIVATE_UPSTREAMS), private and loopback addresses neither."""
+    from rateguard.alerts.notify import refused_destination
+    from rateguard.alerts.store import _url
+    from rateguard.db.errors import Invalid
+    from rateguard.snapshot.model import STRICT
+
+    with pytest.raises(Invalid, match="link-local"):
+        _url({"url": "http://169.254.169.254/latest/meta-data/"})
+    with pytest.raises(Invalid, match="metadata"):
+        _url({"url": "http://metadata.google.internal/x"})
+    assert "metadata" in await refused_destination("http://metadata.google.internal/x")
+    assert await refused_destination("http://127.0.0.1:9/hook") is None
+    assert "private or loopback" in await refused_destination("http://127.0.0.1:9/hook", STRICT)
+    host = socket.gethostname()  # a name that resolves to a private address here
+    assert "private or loopback" in await refused_destination(f"http://{host}:9/x", STRICT)
