@@ -62,12 +62,17 @@ class Exchange:
         "admission", "response_started", "response_chunked", "response_done", "status",
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
-        "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto", "body_activity", "bad_head",
+        "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
+        "body_activity", "bad_head", "path", "query",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
                  headers: list, keep_alive: bool, http10: bool) -> None:
         self.client = client
+        # The target split once: the path (routing, events) and "?query" (kept as is).
+        raw_path, sep, query = target.partition(b"?")
+        self.path = raw_path.decode("latin-1")
+        self.query = sep + query
         self.server = server = client.server
         self.method = method
         self.target = target
@@ -195,8 +200,7 @@ class Exchange:
 
     async def _run(self) -> None:
         server = self.server
-        raw_path, _, _query = self.target.partition(b"?")
-        path = raw_path.decode("latin-1")
+        path = self.path
         special = server.special_paths.get(path)
         if special is not None:
             status, body = special()
@@ -260,8 +264,7 @@ class Exchange:
         api = admission.api
         self.conn = conn
         conn.exchange = self
-        _, sep, query = self.target.partition(b"?")
-        target = admission.upstream_path.encode("latin-1") + (sep + query if sep else b"")
+        target = admission.upstream_path.encode("latin-1") + self.query
         if self.chunked_in:
             framing = _CHUNKED
         elif self.content_length:
@@ -786,11 +789,10 @@ class ProxyServer:
             metrics.by_decision[decision].inc()
             if exchange.upstream_ms:
                 upstream_hist.observe(exchange.upstream_ms / 1000.0)
-        raw_path = exchange.target.partition(b"?")[0]
         self.publish(self.gateway.event(
             exchange.request_id, exchange.ts_ms, admission,
             exchange.method.decode("latin-1"),
-            (exchange.host or b"").decode("latin-1"), raw_path.decode("latin-1"),
+            (exchange.host or b"").decode("latin-1"), exchange.path,
             status, latency * 1000.0, exchange.upstream_ms, exchange.bytes_in,
             exchange.bytes_out, exchange.client_ip,
             (exchange.user_agent or b"").decode("latin-1")[:512], decision))
