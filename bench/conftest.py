@@ -11,14 +11,10 @@ only when asked for (see bench/README.md):
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 
-from rateguard.embedded.servers import EmbeddedBroker, EmbeddedValkey
 from rateguard.limiter.policy import Policy, parse_limit
 from rateguard.snapshot.keys import hash_key, new_key
 from rateguard.snapshot.model import Api, ApiKey, Snapshot, Upstream
@@ -27,30 +23,8 @@ N_KEYS = 10_000
 N_APIS = 50
 
 
-@pytest.fixture(scope="session")
-def bench_workdir():
-    with tempfile.TemporaryDirectory(prefix="rateguard-microbench-") as path:
-        yield Path(path)
-
-
-@pytest.fixture(scope="session")
-def redis_url(bench_workdir):
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    server = EmbeddedValkey(bench_workdir)
-    yield server.start()
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def kafka_brokers():
-    if os.environ.get("KAFKA_BROKERS"):
-        yield os.environ["KAFKA_BROKERS"]
-        return
-    broker = EmbeddedBroker()
-    yield broker.start()
-    broker.stop()
+# The same real servers as the test suite (embedded, or REDIS_URL / KAFKA_BROKERS).
+from tests.conftest import kafka_brokers, redis_url, workdir  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

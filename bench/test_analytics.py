@@ -43,11 +43,11 @@ def filled_topic(loop, kafka_brokers):
     return topic
 
 
-def test_analytics_ingest_200k(benchmark, loop, kafka_brokers, filled_topic, bench_workdir):
+def test_analytics_ingest_200k(benchmark, loop, kafka_brokers, filled_topic, workdir):
     from rateguard.analytics.worker import AnalyticsWorker
     from rateguard.settings import Settings
 
-    path = bench_workdir / f"clickhouse-{uuid.uuid4().hex[:6]}"
+    path = workdir / f"clickhouse-{uuid.uuid4().hex[:6]}"
     path.mkdir()
     settings = Settings.from_env({
         "KAFKA_BROKERS": kafka_brokers, "KAFKA_TOPIC": filled_topic,
