@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="measure every target N times, alternating; report the median")
     run.add_argument("--baseline", action="append", default=[],
                      help="aiohttp and/or nginx (repeatable or comma-separated), or 'all'")
+    run.add_argument("--compare", action="append", default=[], type=Path, metavar="DIR",
+                     help="another RateGuard checkout (e.g. `git worktree add /tmp/base "
+                          "HEAD~1`) run as one more proxy, proxy@<dir name>, with the same "
+                          "config, in the same rounds: an optimisation measured side by side")
     run.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                      help="auto: wrk when installed, else the Python generator")
     run.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -132,6 +136,10 @@ def run(args, command_line: str) -> int:
     if unknown:
         raise SystemExit(f"unknown baseline(s): {', '.join(sorted(unknown))} (aiohttp, nginx)")
     options.baselines = tuple(dict.fromkeys(baselines))
+    for source in args.compare:
+        if not (source / "rateguard" / "__init__.py").is_file():
+            raise SystemExit(f"--compare {source}: not a RateGuard checkout (no rateguard/)")
+    options.compare = tuple(source.resolve() for source in args.compare)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "profile", False):

@@ -38,6 +38,7 @@ class Options:
     warmup: float = 1.0
     repeat: int = 1
     baselines: tuple[str, ...] = ()  # "aiohttp", "nginx"
+    compare: tuple[Path, ...] = ()   # other RateGuard checkouts, run as more proxies
     pin: bool = True
     key_header: str = "authorization"  # or x-api-key
     count_statuses: bool = False
@@ -152,9 +153,12 @@ def proxy_config(scenario: Scenario, upstream_port: int, keys: list[str]) -> dic
 
 
 def start_proxy(workdir: Path, scenario: Scenario, upstream: Server, keys: list[str],
-                infra: Infra, layout: procs.Layout) -> Server:
+                infra: Infra, layout: procs.Layout, source: Path | None = None) -> Server:
+    """The proxy of this checkout, or with ``source`` the one of another checkout (same
+    config, same servers), named ``proxy@<directory name>``."""
     config = proxy_config(scenario, upstream.extra["port"], keys)
-    name = f"proxy-{scenario.name}"
+    label = "proxy" if source is None else f"proxy@{source.name}"
+    name = f"{label}-{scenario.name}"
     config_path = workdir / f"{name}.yaml"
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     config_path.write_text(yaml.dump(config, Dumper=dumper))
@@ -171,10 +175,15 @@ def start_proxy(workdir: Path, scenario: Scenario, upstream: Server, keys: list[
     else:
         args.append("--no-events")
     log_path = workdir / f"{name}.log"
-    log(f"starting the proxy ({scenario.features}, {len(keys)} key(s))")
-    proc = procs.spawn(args, log=log_path, env=env, cpus=layout.server)
-    server = Server("proxy", f"http://127.0.0.1:{port}{PATH}", proc, log_path=log_path,
-                    metrics_url=f"http://127.0.0.1:{metrics_port}")
+    if source is not None:  # its package first on the path, ahead of the installed one
+        env["PYTHONPATH"] = f"{source}:{os.environ['PYTHONPATH']}" \
+            if os.environ.get("PYTHONPATH") else str(source)
+    log(f"starting {label} ({scenario.features}, {len(keys)} key(s))")
+    proc = procs.spawn(args, log=log_path, env=env, cpus=layout.server,
+                       cwd=str(source) if source is not None else None)
+    server = Server(label, f"http://127.0.0.1:{port}{PATH}", proc, log_path=log_path,
+                    metrics_url=f"http://127.0.0.1:{metrics_port}",
+                    extra={"source": str(source)} if source is not None else {})
     try:
         procs.wait_for_port(port, 60, "the proxy", proc, log_path)
         _wait_ready(f"http://127.0.0.1:{port}/readyz", 30, server)
@@ -312,7 +321,7 @@ class Measurer:
         duration = per_phase if scenario.phases > 1 else options.duration
         pids = server.pids()
         helpers = [p for p in self.helper_pids() if p not in pids]
-        events_before = proxy_metrics(server) if server.name == "proxy" else None
+        events_before = proxy_metrics(server) if server.name.startswith("proxy") else None
         spy = raw = None
         if options.profile_dir is not None and server.name != "direct" and pids:
             from bench.harness import profile
@@ -509,6 +518,10 @@ def run_scenario(scenario: Scenario, options: Options, infra: Infra, layout: pro
         proxy = start_proxy(workdir, scenario, upstream, keys, infra, layout)
         servers.append(proxy)
         check_proxy(proxy, keys[0], scenario, options)
+        for source in options.compare:
+            other = start_proxy(workdir, scenario, upstream, keys, infra, layout, source)
+            servers.append(other)
+            check_proxy(other, keys[0], scenario, options)
         for baseline in options.baselines:
             if baseline == "aiohttp":
                 servers.append(start_aiohttp(workdir, upstream, keys, infra, layout,
