@@ -87,7 +87,7 @@ def publisher(loop, kafka_brokers, topic):
 
 def test_publish_to_broker_10k(benchmark, loop, publisher):
     """10,000 events enqueued at once, timed until the broker acknowledged them all
-    (acks=all, lz4, the proxy's defaults but 5 ms linger): the publisher's throughput."""
+    (acks=all, zstd, the proxy's defaults but 5 ms linger): the publisher's throughput."""
     events = [make_event(i) for i in range(TO_BROKER)]
 
     async def drain(target: int):

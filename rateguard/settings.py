@@ -151,7 +151,7 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
                                 "production: allow upstreams on private and loopback addresses"),
     "KAFKA_LINGER_MS": (_positive_int, 20, "producer linger"),
     "KAFKA_BATCH_BYTES": (_positive_int, 512 * 1024, "producer batch size"),
-    "KAFKA_COMPRESSION": (_choice("none", "gzip", "lz4", "zstd"), "lz4", "producer compression"),
+    "KAFKA_COMPRESSION": (_choice("none", "gzip", "lz4", "zstd"), "zstd", "producer compression"),
     "ANALYTICS_GROUP": (str, "rateguard-analytics", "analytics consumer group"),
     "ANALYTICS_BATCH_SIZE": (_positive_int, 20_000, "events per ClickHouse insert"),
     "ANALYTICS_BATCH_SECONDS": (_positive_float, 1.0, "longest wait before an insert"),

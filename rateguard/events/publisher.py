@@ -27,7 +27,8 @@ from typing import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from rateguard.events.schema import Event, encode_records
+from rateguard.events.schema import (PART_EVENTS, Event, encode_part, encode_records,
+                                     join_parts)
 from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _noop(count: int) -> None:
 class EventPublisher:
     def __init__(
         self, brokers: tuple[str, ...], topic: str, *, max_queue: int = 100_000,
-        linger_ms: int = 20, batch_bytes: int = 512 * 1024, compression: str = "lz4",
+        linger_ms: int = 20, batch_bytes: int = 512 * 1024, compression: str = "zstd",
         on_published: Callable[[int], None] = _noop, on_dropped: Callable[[int], None] = _noop,
         spool_dir: str | None = None, spool_max_bytes: int = 1024 ** 3,
         spool_after: float = 5.0,
@@ -233,7 +234,7 @@ class EventPublisher:
         error: BaseException | None = None
         for workspace_id, events in by_workspace.items():
             key = workspace_id.encode()
-            for value, carried in encode_records(events):
+            for value, carried in await self._encode(events):
                 if error is not None:
                     unsent += carried
                     continue
@@ -255,6 +256,19 @@ class EventPublisher:
         self.published += delivered
         self._on_published(delivered)
         return failed + unsent, error
+
+    @staticmethod
+    async def _encode(events: list[Event]) -> list[tuple[bytes, list[Event]]]:
+        """``encode_records``, letting the loop go between parts, so that encoding a
+        large batch never holds requests up for long."""
+        if len(events) <= PART_EVENTS:
+            return encode_records(events)
+        parts = []
+        for start in range(0, len(events), PART_EVENTS):
+            chunk = events[start:start + PART_EVENTS]
+            parts.append((encode_part(chunk), chunk))
+            await asyncio.sleep(0)
+        return join_parts(parts)
 
     def _requeue(self, batch: list[Event]) -> None:
         if self.spool is not None:

@@ -2,10 +2,11 @@
 the proxy (producer) and analytics (consumer); change it here and in
 analytics/sql/ together.
 
-Encoded as JSON with orjson. One Kafka record carries one or more events of one
-workspace as newline-delimited JSON (batching cuts the producer's per-record cost,
-which dominated publishing); the record key is the workspace id, so one workspace's
-events stay in order on one partition.
+Encoded as JSON with orjson. One Kafka record carries a JSON array of events of one
+workspace (batching cuts the producer's per-record cost, which dominated publishing,
+and one orjson call per 64 events costs a tenth of one per event); the record key is
+the workspace id, so one workspace's events stay in order on one partition. Readers
+also take newline-delimited JSON records, which earlier proxies wrote.
 """
 
 from __future__ import annotations
@@ -51,23 +52,43 @@ def encode(event: Event) -> bytes:
     return orjson.dumps(event)
 
 
+PART_EVENTS = 64  # events encoded by one orjson call (see encode_part)
+
+
+def encode_part(events: list[Event]) -> bytes:
+    """Events as the inside of a JSON array (``{...},{...}``). One ``orjson.dumps`` of
+    a list costs about a tenth of one call per event, and parts join by a comma."""
+    return orjson.dumps(events)[1:-1]
+
+
 def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
-    """Events of one workspace -> Kafka record values (NDJSON, each at most about
+    """Events of one workspace -> Kafka record values (JSON arrays, each at most about
     ``max_bytes``), each with the events it carries."""
+    parts = [(encode_part(events[i:i + PART_EVENTS]), events[i:i + PART_EVENTS])
+             for i in range(0, len(events), PART_EVENTS)]
+    return join_parts(parts, max_bytes)
+
+
+def join_parts(parts: list[tuple[bytes, list[Event]]],
+               max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
+    """Encoded parts (``encode_part``, each with its events) joined into record values
+    of at most about ``max_bytes``; a part over the cap is split event by event."""
     records = []
-    lines: list[bytes] = []
+    chunks: list[bytes] = []
     carried: list[Event] = []
     size = 0
-    for event in events:
-        line = orjson.dumps(event)
-        if lines and size + len(line) > max_bytes:
-            records.append((b"\n".join(lines), carried))
-            lines, carried, size = [], [], 0
-        lines.append(line)
-        carried.append(event)
-        size += len(line) + 1
-    if lines:
-        records.append((b"\n".join(lines), carried))
+    for part, events in parts:
+        if len(part) > max_bytes and len(events) > 1:
+            records += join_parts([(encode_part([e]), [e]) for e in events], max_bytes)
+            continue
+        if chunks and size + len(part) > max_bytes:
+            records.append((b"[" + b",".join(chunks) + b"]", carried))
+            chunks, carried, size = [], [], 0
+        chunks.append(part)
+        carried += events
+        size += len(part) + 1
+    if chunks:
+        records.append((b"[" + b",".join(chunks) + b"]", carried))
     return records
 
 
@@ -76,9 +97,21 @@ class InvalidEvent(ValueError):
 
 
 def decode_record(raw: bytes) -> tuple[list[tuple], list[str]]:
-    """One Kafka record -> (rows, errors): every well-formed event line becomes a row;
-    each malformed line is reported, not fatal."""
+    """One Kafka record -> (rows, errors): every well-formed event becomes a row; each
+    malformed one is reported, not fatal. A record is a JSON array of events, or
+    newline-delimited JSON (what proxies before the arrays wrote)."""
     rows, errors = [], []
+    if raw[:1] == b"[":
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return [], [f"not JSON: {exc}"]
+        for item in items:
+            try:
+                rows.append(_row(item))
+            except InvalidEvent as exc:
+                errors.append(str(exc))
+        return rows, errors
     for line in raw.split(b"\n"):
         if not line.strip():
             continue
@@ -95,6 +128,10 @@ def decode(raw: bytes) -> tuple:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"not JSON: {exc}") from None
+    return _row(data)
+
+
+def _row(data) -> tuple:
     if not isinstance(data, dict):
         raise InvalidEvent("not an object")
     row = []

@@ -29,16 +29,35 @@ def test_malformed_events_are_refused(raw):
         decode(raw)
 
 
-def test_records_carry_ndjson_batches_within_the_size_cap():
+def test_records_carry_json_arrays_within_the_size_cap():
     from rateguard.events.schema import decode_record, encode_records
 
-    events = [sample(id=f"r{i}") for i in range(100)]
+    events = [sample(id=f"r{i}") for i in range(300)]
     records = encode_records(events, max_bytes=4096)
     assert len(records) > 1
     assert all(len(value) <= 4096 + 600 for value, _ in records)
+    assert all(isinstance(orjson.loads(value), list) for value, _ in records)
     rows = [row for value, _ in records for row in decode_record(value)[0]]
-    assert [row[0] for row in rows] == [f"r{i}" for i in range(100)]  # order kept
-    assert sum(len(carried) for _, carried in records) == 100
+    assert [row[0] for row in rows] == [f"r{i}" for i in range(300)]  # order kept
+    assert [len(carried) for _, carried in records] == \
+        [len(decode_record(value)[0]) for value, _ in records]  # each knows its events
+
+
+def test_a_part_over_the_cap_is_split_event_by_event():
+    from rateguard.events.schema import decode_record, encode_records
+
+    events = [sample(id=f"r{i}", user_agent="u" * 500) for i in range(64)]
+    records = encode_records(events, max_bytes=2048)
+    assert all(len(value) <= 2048 + 1100 for value, _ in records)
+    rows = [row for value, _ in records for row in decode_record(value)[0]]
+    assert [row[0] for row in rows] == [f"r{i}" for i in range(64)]
+
+
+def test_ndjson_records_of_earlier_proxies_still_decode():
+    from rateguard.events.schema import decode_record
+
+    rows, errors = decode_record(encode(sample(id="a")) + b"\n" + encode(sample(id="b")))
+    assert [row[0] for row in rows] == ["a", "b"] and errors == []
 
 
 def test_a_malformed_line_spoils_only_itself():
@@ -47,3 +66,13 @@ def test_a_malformed_line_spoils_only_itself():
     rows, errors = decode_record(encode(sample(id="a")) + b"\n{oops\n" + encode(sample(id="b")))
     assert [row[0] for row in rows] == ["a", "b"]
     assert len(errors) == 1
+
+
+def test_a_malformed_event_in_an_array_spoils_only_itself():
+    from rateguard.events.schema import decode_record
+
+    raw = b"[" + encode(sample(id="a")) + b',{"id":"x"},' + encode(sample(id="b")) + b"]"
+    rows, errors = decode_record(raw)
+    assert [row[0] for row in rows] == ["a", "b"]
+    assert len(errors) == 1
+    assert decode_record(b"[{oops")[0] == [] and len(decode_record(b"[{oops")[1]) == 1
