@@ -44,7 +44,7 @@ def _noop(count: int) -> None:
 class EventPublisher:
     def __init__(
         self, brokers: tuple[str, ...], topic: str, *, max_queue: int = 100_000,
-        linger_ms: int = 20, batch_bytes: int = 512 * 1024, compression: str = "zstd",
+        linger_ms: int = 100, batch_bytes: int = 512 * 1024, compression: str = "zstd",
         on_published: Callable[[int], None] = _noop, on_dropped: Callable[[int], None] = _noop,
         spool_dir: str | None = None, spool_max_bytes: int = 1024 ** 3,
         spool_after: float = 5.0,
@@ -66,8 +66,8 @@ class EventPublisher:
         self._wakeup = asyncio.Event()
         self.linger = linger_ms / 1000.0
         self._producer_args = dict(
-            # the publisher lingers itself (see _run); the producer only briefly
-            bootstrap_servers=",".join(brokers), linger_ms=min(linger_ms, 5),
+            # the publisher lingers itself (see _run); the producer sends at once
+            bootstrap_servers=",".join(brokers), linger_ms=0,
             max_batch_size=batch_bytes, acks="all", request_timeout_ms=10_000,
             compression_type=None if compression == "none" else compression,
         )
