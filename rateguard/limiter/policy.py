@@ -7,7 +7,6 @@ Redis cannot answer.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -137,11 +136,13 @@ class Decision:
 
     @property
     def reset_seconds(self) -> int:
-        return max(0, math.ceil(self.reset_ms / 1000))
+        reset_ms = self.reset_ms
+        return -(-reset_ms // 1000) if reset_ms > 0 else 0
 
     @property
     def retry_after_seconds(self) -> int:
-        return max(1, math.ceil(self.retry_after_ms / 1000))
+        retry_ms = self.retry_after_ms
+        return -(-retry_ms // 1000) if retry_ms > 1000 else 1
 
 
 def decision_from_reply(policy: Policy, reply: list) -> Decision:

@@ -21,6 +21,12 @@ from rateguard.snapshot.model import Api, ApiKey, Snapshot
 
 _BEARER = b"bearer "
 _KEY_PREFIX = PREFIX.encode()
+# Presented keys and Host headers already seen, with what they resolved to: a client
+# sends the same ones request after request, and SHA-256 + hex was 2.6 % of the
+# proxy's CPU, the Host parsing 1.4 %. Emptied when full and when the snapshot changes.
+MAX_CACHED = 10_000
+MAX_CACHED_BYTES = 256  # longer values are looked up, not kept (memory stays bounded)
+_UNKNOWN = object()
 
 
 @dataclass(slots=True)
@@ -53,18 +59,54 @@ def extract_key(authorization: bytes | None, x_api_key: bytes | None) -> tuple[b
 class Gateway:
     def __init__(self, snapshot: Snapshot, limiter: Limiter, *, instance: str,
                  clock=time.time) -> None:
-        self.snapshot = snapshot
         self.limiter = limiter
+        self._keys: dict[bytes, ApiKey | None] = {}
+        self._hosts: dict[bytes, str] = {}
+        self.snapshot = snapshot
         self.instance = instance
         self._clock = clock
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._keys = {}  # a new dict: a lookup under way keeps the old one
+
+    def lookup_key(self, presented: bytes) -> ApiKey | None:
+        """The configured key with this value, found by its SHA-256 digest (a dict
+        lookup by digest tells an attacker nothing about stored keys); remembered."""
+        keys = self._keys
+        key = keys.get(presented, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = self._snapshot.keys_by_hash.get(hash_key(presented))
+            if len(presented) <= MAX_CACHED_BYTES:
+                if len(keys) >= MAX_CACHED:
+                    keys.clear()
+                keys[presented] = key
+        return key  # type: ignore[return-value]
+
+    def host(self, value: bytes | None) -> str:
+        """``host_of`` of a Host header, remembered."""
+        if value is None:
+            return ""
+        hosts = self._hosts
+        host = hosts.get(value)
+        if host is None:
+            host = host_of(value)
+            if len(value) <= MAX_CACHED_BYTES:
+                if len(hosts) >= MAX_CACHED:
+                    hosts.clear()
+                hosts[value] = host
+        return host
 
     def authenticate(self, api: Api, presented: bytes | None) -> ApiKey | str:
         """The key, or the reason it is refused."""
         if not presented:
             return "missing API key: send it as 'Authorization: Bearer rg_...' or 'X-API-Key'"
-        # Looked up by SHA-256 digest: the timing of a dict lookup reveals nothing
-        # about stored keys that an attacker could use (no preimages).
-        key = self.snapshot.keys_by_hash.get(hash_key(presented))
+        key = self.lookup_key(presented)
         if key is None or key.workspace_id != api.workspace_id:
             return "unknown API key"
         if key.revoked:
@@ -81,7 +123,7 @@ class Gateway:
         if not safe_path(path):
             return Admission(400, error="bad_request", message="path is not allowed",
                              decision="error")
-        routed = match(self.snapshot.routes, host_of(host), path)
+        routed = match(self._snapshot.routes, self.host(host), path)
         if routed is None:
             return Admission(404, error="not_found", message="no API serves this path",
                              decision="error")
@@ -93,7 +135,7 @@ class Gateway:
                              decision="unauthorized")
         admission = Admission(0, api=api, upstream_path=upstream_path, key=key,
                               drop_authorization=in_authorization)
-        policy = self.snapshot.policy(api.workspace_id, key.policy_id or api.policy_id)
+        policy = self._snapshot.policy(api.workspace_id, key.policy_id or api.policy_id)
         if policy is None:
             return admission
         admission.policy = policy

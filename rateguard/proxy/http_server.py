@@ -48,6 +48,7 @@ def _content_length(value: bytes) -> int:
     value = value.strip()
     return int(value) if value.isdigit() else -1
 
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -782,7 +783,7 @@ class ProxyServer:
         metrics = self.metrics
         if metrics is not None:
             by_class, latency_hist, upstream_hist = metrics.for_api(api.id if api else "")
-            child = by_class.get(f"{status // 100}xx")
+            child = by_class.get(_STATUS_CLASS.get(status // 100))
             if child is not None:
                 child.inc()
             latency_hist.observe(latency)

@@ -132,11 +132,11 @@ class UpstreamPool:
         self.guard = guard
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self._idle: dict[Upstream, list[UpstreamConnection]] = defaultdict(list)
+        self._idle: dict[str, list[UpstreamConnection]] = defaultdict(list)  # by pool_key
         self._ssl = ssl.create_default_context()
 
     def take_idle(self, upstream: Upstream, now: float) -> UpstreamConnection | None:
-        idle = self._idle.get(upstream)
+        idle = self._idle.get(upstream.pool_key)
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.idle_timeout:
@@ -188,7 +188,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         conn.exchange = None
         conn.received = False
-        idle = self._idle[conn.upstream]
+        idle = self._idle[conn.upstream.pool_key]
         if conn.closed or len(idle) >= self.max_idle:
             conn.abort()
             return

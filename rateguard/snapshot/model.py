@@ -121,6 +121,11 @@ class Upstream:
     port: int
     base_path: str  # prefix added before the forwarded path, "" or "/v2"
     host_header: bytes
+    # "scheme://host:port": what a pooled connection can serve (a str caches its hash)
+    pool_key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool_key", f"{self.scheme}://{self.host}:{self.port}")
 
     @classmethod
     def parse(cls, url: str, guard: UpstreamGuard = ALWAYS) -> "Upstream":
