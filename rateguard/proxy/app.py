@@ -7,6 +7,7 @@ port 9090 serves ``/metrics`` (and the same two probes).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -198,6 +199,11 @@ async def serve(settings: Settings, source, *, host: str, port: int | None,
                 events: bool) -> None:
     app = ProxyApp(settings, source, host=host, port=port, events=events)
     await app.start()
+    # Everything alive now (modules, the config snapshot, the clients) lives as long
+    # as the process: out of the collector's sight, a full collection under one
+    # connection's load took 0.4 ms instead of 15 ms (bench/README.md).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
