@@ -100,8 +100,9 @@ def child(config: str) -> None:
         gc.callbacks.remove(on_gc)
         late.sort()
         stalls = [x for x in late if x > 0.0003]
-        print(f"loop late (1 ms ticker, {len(late)} ticks): p50 {_quantile(late, .5) * 1e6:.0f} us, "
-              f"p99 {_quantile(late, .99) * 1e6:.0f} us, p99.9 {_quantile(late, .999) * 1e6:.0f} us, "
+        print(f"loop late (1 ms ticker, {len(late)} ticks): "
+              f"p50 {_quantile(late, .5) * 1e6:.0f} us, p99 {_quantile(late, .99) * 1e6:.0f} us, "
+              f"p99.9 {_quantile(late, .999) * 1e6:.0f} us, "
               f"max {late[-1] * 1e6 if late else 0:.0f} us; {len(stalls)} ticks late by over "
               f"300 us ({sum(stalls) * 1000:.1f} ms in all)")
         for generation in (0, 1, 2):

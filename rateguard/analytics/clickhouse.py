@@ -82,6 +82,16 @@ class ClickHouse:
             return {int(p): int(o) for p, o in result.result_rows}
         return await self._call(run)
 
+    async def ids_at(self, partition: int, offset: int) -> set[str]:
+        """The event ids stored from one Kafka record (partition, offset)."""
+        def run():
+            result = self._client_sync().query(
+                f"SELECT id FROM {self.database}.api_events WHERE kafka_partition = "
+                "{p:UInt32} AND kafka_offset = {o:UInt64}",
+                parameters={"p": partition, "o": offset})
+            return {row[0] for row in result.result_rows}
+        return await self._call(run)
+
     async def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list]:
         def run():
             result = self._client_sync().query(sql, parameters=parameters or {})

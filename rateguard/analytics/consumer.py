@@ -11,7 +11,10 @@ a rebalance reset a partition to an older committed offset, would be inserted ag
 So every record is also checked against a per-partition floor (the highest offset
 ClickHouse holds, read once per partition, then kept up to date by our own inserts)
 and skipped when at or below it. A floor above the partition's end offset means the
-topic was re-created (an in-memory broker restarted): the floor is dropped.
+topic was re-created (an in-memory broker restarted): the floor is dropped. A re-created
+topic may also have grown past the floor by the time it is read, so the first record at
+or below the floor is compared with what ClickHouse holds for that offset: other
+events there (or none) mean the offsets were reused, and the floor is dropped too.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class Ingester:
                     timeout_ms=int(wait * 1000), max_records=self.batch_size - len(rows))
                 for tp, messages in batches.items():
                     floor = await self._floor(tp, messages[0].offset if messages else 0)
+                    if messages and messages[0].offset <= floor:
+                        floor = await self._same_records(tp, messages[0], floor)
                     for message in messages:
                         if message.offset <= floor:
                             self.skipped += 1
@@ -154,6 +159,22 @@ class Ingester:
                             "topic was re-created; reading it from the start", tp, end, floor)
                 floor = self._floors[tp] = -1
         return floor
+
+    async def _same_records(self, tp: TopicPartition, message, floor: int) -> int:
+        """``floor``, or -1 when ClickHouse holds other events for this record's offset
+        than the record carries: the topic was re-created and its offsets reused."""
+        decoded, _ = decode_record(message.value or b"")
+        if not decoded:
+            return floor  # nothing to compare: keep the floor
+        stored = await self._retry(self.clickhouse.ids_at, "read stored ids",
+                                   tp.partition, message.offset)
+        if stored == {row[0] for row in decoded}:
+            return floor
+        log.warning("analytics: %s@%d holds other events than ClickHouse stored for that "
+                    "offset: the topic was re-created; reading it without the old floor",
+                    tp, message.offset)
+        self._floors[tp] = -1
+        return -1
 
     def request_stop(self) -> None:
         """Finish the batch in hand (or give up a retry) and leave ``run``."""
