@@ -13,8 +13,8 @@ ClickHouse holds, read once per partition, then kept up to date by our own inser
 and skipped when at or below it. A floor above the partition's end offset means the
 topic was re-created (an in-memory broker restarted): the floor is dropped. A re-created
 topic may also have grown past the floor by the time it is read, so the first record at
-or below the floor is compared with what ClickHouse holds for that offset: other
-events there (or none) mean the offsets were reused, and the floor is dropped too.
+or below the floor is compared with what ClickHouse holds for that offset: when its
+events are not all there, the offsets were reused, and the floor is dropped too.
 """
 
 from __future__ import annotations
@@ -161,15 +161,15 @@ class Ingester:
         return floor
 
     async def _same_records(self, tp: TopicPartition, message, floor: int) -> int:
-        """``floor``, or -1 when ClickHouse holds other events for this record's offset
-        than the record carries: the topic was re-created and its offsets reused."""
+        """``floor``, or -1 when the events this record carries are not all stored at
+        its offset: the topic was re-created and its offsets reused."""
         decoded, _ = decode_record(message.value or b"")
         if not decoded:
             return floor  # nothing to compare: keep the floor
         stored = await self._retry(self.clickhouse.ids_at, "read stored ids",
                                    tp.partition, message.offset)
-        if stored == {row[0] for row in decoded}:
-            return floor
+        if {row[0] for row in decoded} <= stored:  # (a re-created topic's old records
+            return floor                            # may share the offset: a subset)
         log.warning("analytics: %s@%d holds other events than ClickHouse stored for that "
                     "offset: the topic was re-created; reading it without the old floor",
                     tp, message.offset)

@@ -42,6 +42,15 @@ async def produce(brokers, topic: str, batch: list[Event]) -> None:
         await producer.stop()
 
 
+async def ingest(clickhouse, brokers, topic: str, batch: list[Event]) -> dict[str, int]:
+    """Run an analytics ingester on ``topic`` until ``batch`` landed; its counts by id."""
+    pipeline = await Pipeline(clickhouse, brokers, topic).start()
+    try:
+        return await pipeline.wait_exactly_once([e.id for e in batch], timeout=30)
+    finally:
+        await pipeline.stop()
+
+
 async def test_a_recreated_topic_is_read_from_its_start(kafka_brokers, clickhouse_url):
     brokers = (kafka_brokers,) if isinstance(kafka_brokers, str) else tuple(kafka_brokers)
     clickhouse = await new_clickhouse(clickhouse_url)
@@ -49,25 +58,18 @@ async def test_a_recreated_topic_is_read_from_its_start(kafka_brokers, clickhous
     try:
         first = unique("before")
         await produce(brokers, first, old)
-        pipeline = await Pipeline(clickhouse, brokers, first).start()
-        try:
-            counts = await pipeline.wait_exactly_once([e.id for e in old], timeout=30)
-        finally:
-            await pipeline.stop()
+        counts = await ingest(clickhouse, brokers, first, old)
         assert len(counts) == 30 and set(counts.values()) == {1}
 
         # The "re-created" topic: offsets 0..49 on the same partition, past the 29
         # ClickHouse holds, so its end offset does not give the re-creation away.
         second = unique("after")
         await produce(brokers, second, new)
-        pipeline = await Pipeline(clickhouse, brokers, second).start()
-        try:
-            counts = await pipeline.wait_exactly_once([e.id for e in new], timeout=30)
-        finally:
-            await pipeline.stop()
+        counts = await ingest(clickhouse, brokers, second, new)
         missing = {e.id for e in new} - set(counts)
         assert not missing, f"{len(missing)} of the re-created topic's 50 events skipped"
         assert set(counts.values()) == {1}
-        assert set((await pipeline.counts([e.id for e in old])).values()) == {1}
+        everything = await ingest(clickhouse, brokers, second, old + new)
+        assert len(everything) == 80 and set(everything.values()) == {1}
     finally:
         await clickhouse.close()
