@@ -3,8 +3,9 @@
 Events are read with the analytics consumer group, batched by size and time, decoded
 (malformed ones are counted and skipped, never fatal), inserted, and only then are
 the offsets committed. Each row carries its Kafka partition and offset; when
-partitions are assigned, the consumer resumes after the highest offset ClickHouse
-already holds, so a crash between insert and commit does not count twice.
+partitions are assigned with a committed offset below the highest offset ClickHouse
+already holds, the consumer resumes after the latter, so a crash between insert and
+commit does not count twice.
 
 The seek alone is not enough: records fetched before it took effect, or replayed after
 a rebalance reset a partition to an older committed offset, would be inserted again.
@@ -80,7 +81,10 @@ class Ingester:
             committed = await self.consumer.committed(tp)
             # An end offset below what we stored means the topic was re-created
             # (e.g. an in-memory broker restarted): its old offsets mean nothing now.
-            if last + 1 <= ends.get(tp, 0) and (committed is None or committed < last + 1):
+            # Without a committed offset (a new group, or a broker that lost its
+            # state) there is no replay to skip ahead of: the floor check in run()
+            # compares what it reads with what is stored, record by record.
+            if last + 1 <= ends.get(tp, 0) and committed is not None and committed < last + 1:
                 log.info("analytics: %s resumes at %d (already stored up to %d)",
                          tp, last + 1, last)
                 self.consumer.seek(tp, last + 1)
