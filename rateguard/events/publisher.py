@@ -27,8 +27,8 @@ from typing import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from rateguard.events.schema import (PART_EVENTS, Event, encode_part, encode_records,
-                                     join_parts)
+from rateguard.events.schema import (PART_EVENTS, Event, encode_records, join_parts,
+                                     parts_of)
 from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -264,9 +264,8 @@ class EventPublisher:
         if len(events) <= PART_EVENTS:
             return encode_records(events)
         parts = []
-        for start in range(0, len(events), PART_EVENTS):
-            chunk = events[start:start + PART_EVENTS]
-            parts.append((encode_part(chunk), chunk))
+        for part in parts_of(events):
+            parts.append(part)
             await asyncio.sleep(0)
         return join_parts(parts)
 

@@ -64,9 +64,14 @@ def encode_part(events: list[Event]) -> bytes:
 def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
     """Events of one workspace -> Kafka record values (JSON arrays, each at most about
     ``max_bytes``), each with the events it carries."""
-    parts = [(encode_part(events[i:i + PART_EVENTS]), events[i:i + PART_EVENTS])
-             for i in range(0, len(events), PART_EVENTS)]
-    return join_parts(parts, max_bytes)
+    return join_parts(list(parts_of(events)), max_bytes)
+
+
+def parts_of(events: list[Event]):
+    """``(encode_part(chunk), chunk)`` for each PART_EVENTS events in turn."""
+    for start in range(0, len(events), PART_EVENTS):
+        chunk = events[start:start + PART_EVENTS]
+        yield encode_part(chunk), chunk
 
 
 def join_parts(parts: list[tuple[bytes, list[Event]]],
