@@ -1,9 +1,13 @@
 """Events from the proxy's hot path to Kafka, without the request ever waiting.
 
-``publish`` appends to a bounded in-memory queue (a deque) and returns. A background
-task drains the queue into aiokafka's producer, which batches by ``linger_ms`` and
-``batch_bytes``. Events a failed send leaves undelivered go back to the head of the
-queue and are retried with backoff.
+``publish`` appends the event to its workspace's pending list and returns; every
+PART_EVENTS events of a workspace are encoded at once (one ``orjson`` call) into a
+part that goes to a bounded in-memory queue (a deque). So a queued event is bytes
+inside a tuple the garbage collector does not track, not two objects (an Event and its
+``__dict__``) it walks on every young collection: at one connection those collections
+came every ~500 requests and made much of the latency tail. A background task lingers ``linger_ms``, seals what is pending, and
+hands the parts to aiokafka's producer as JSON-array records. Parts a failed send
+leaves undelivered go back to the head of the queue and are retried with backoff.
 
 With a spool (``EVENT_SPOOL_DIR``, see spool.py) nothing is lost to an outage that the
 spool's cap can hold: when the queue is full, new events go to the spool, and once
@@ -27,8 +31,7 @@ from typing import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from rateguard.events.schema import (PART_EVENTS, Event, encode_records, join_parts,
-                                     parts_of)
+from rateguard.events.schema import PART_EVENTS, Event, Part, encode_part, records_of
 from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -55,14 +58,17 @@ class EventPublisher:
                                segment_events=max(1, min(20_000, max_queue // 2))).open()
         self.spool_after = spool_after
         self._spooling = bool(self.spool and len(self.spool))  # new events follow (order)
-        self._inflight: list[Event] = []  # the batch being sent
+        self._inflight: list[Part] = []  # the batch being sent
         self._down_since: float | None = None
         self._drops_unlogged = 0
         self._drop_logged_at = 0.0
         self.brokers = brokers
         self.topic = topic
         self.max_queue = max_queue
-        self.queue: deque[Event] = deque()
+        self.queue: deque[Part] = deque()  # sealed parts, oldest first
+        self._pending: dict[str, list[Event]] = {}  # per workspace, not yet a part
+        self.queued = 0  # events in the queue and pending (the bound)
+        self.max_record = min(256 * 1024, batch_bytes // 2)
         self._wakeup = asyncio.Event()
         self.linger = linger_ms / 1000.0
         self._producer_args = dict(
@@ -83,8 +89,7 @@ class EventPublisher:
     # -- hot path -----------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        queue = self.queue
-        if self._spooling or len(queue) >= self.max_queue:
+        if self._spooling or self.queued >= self.max_queue:
             spool = self.spool
             if spool is not None and spool.append(event):
                 if not self._spooling:
@@ -93,9 +98,25 @@ class EventPublisher:
                 return
             self._drop(1, "the event spool is full" if spool else "the event queue is full")
             return
-        queue.append(event)
-        if len(queue) == 1:
+        workspace_id = event.workspace_id
+        pending = self._pending.get(workspace_id)
+        if pending is None:
+            pending = self._pending[workspace_id] = []
+        pending.append(event)
+        self.queued += 1
+        if len(pending) >= PART_EVENTS:
+            del self._pending[workspace_id]
+            self.queue.append((workspace_id, encode_part(pending), len(pending)))
+        if self.queued == 1:
             self._wakeup.set()
+
+    def _seal(self) -> None:
+        """Every pending list into a part at the queue's tail."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            append = self.queue.append
+            for workspace_id, events in pending.items():
+                append((workspace_id, encode_part(events), len(events)))
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
@@ -118,7 +139,9 @@ class EventPublisher:
         if spool is None or not len(spool):
             self._spooling = False
             return False
-        self.queue.extend(spool.take())
+        parts = spool.take()
+        self.queue.extend(parts)
+        self.queued += sum(part[2] for part in parts)
         if not len(spool):
             self._spooling = False
         return True
@@ -129,13 +152,15 @@ class EventPublisher:
         if self._down_since is None:
             self._down_since = now
         self.connected = False
-        if self.spool is not None and self.queue and now - self._down_since >= self.spool_after:
+        if self.spool is not None and self.queued and now - self._down_since >= self.spool_after:
             self._spill()
 
     def _spill(self) -> None:
-        events = list(self.queue)
+        self._seal()
+        parts = list(self.queue)
         self.queue.clear()
-        lost = self.spool.prepend(events)
+        self.queued = 0
+        lost = self.spool.prepend(parts)
         self._spooling = True
         if lost:
             self._drop(lost, "the event spool is full")
@@ -179,7 +204,7 @@ class EventPublisher:
         while True:
             if self.spool is not None:
                 self.spool.flush()
-            if not self.queue and not self._refill():
+            if not self.queued and not self._refill():
                 if self._stopping:
                     return
                 self._wakeup.clear()
@@ -193,13 +218,13 @@ class EventPublisher:
             self._inflight = []
             if not failed:
                 backoff = 0.2
-                if len(self.queue) < LINGER_UNLESS and not self._stopping:
+                if self.queued < LINGER_UNLESS and not self._stopping:
                     # Let events gather: fewer, larger records cost the proxy far less
                     # than one produce request per few events.
                     await asyncio.sleep(self.linger)
                 if self._down_since is not None:
                     log.warning("events: kafka is back after %.1fs; %d queued, %d spooled",
-                                time.monotonic() - self._down_since, len(self.queue),
+                                time.monotonic() - self._down_since, self.queued,
                                 self.spooled)
                     self._down_since = None
                 self.connected = True
@@ -207,34 +232,42 @@ class EventPublisher:
                 self._requeue(failed)
                 self._failing()
                 log.warning("events: publish failed (%s); %d queued, retrying in %.1fs",
-                            exc, len(self.queue), backoff)
+                            exc, self.queued, backoff)
                 if self._stopping:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _take(self, limit: int) -> list[Event]:
+    def _take(self, limit: int) -> list[Part]:
+        """The oldest parts, about ``limit`` events (at least one part)."""
+        self._seal()
         queue = self.queue
-        count = min(limit, len(queue))
-        return [queue.popleft() for _ in range(count)]
+        parts = []
+        count = 0
+        while queue and count < limit:
+            part = queue.popleft()
+            parts.append(part)
+            count += part[2]
+        self.queued -= count
+        return parts
 
     async def _send(self, producer: AIOKafkaProducer,
-                    batch: list[Event]) -> tuple[list[Event], BaseException | None]:
-        """Send a batch as one or more records per workspace; return the events that
+                    batch: list[Part]) -> tuple[list[Part], BaseException | None]:
+        """Send a batch as one or more records per workspace; return the parts that
         were not delivered and why."""
         topic = self.topic
-        by_workspace: dict[str, list[Event]] = {}
-        for event in batch:
-            group = by_workspace.get(event.workspace_id)
+        by_workspace: dict[str, list[Part]] = {}
+        for part in batch:
+            group = by_workspace.get(part[0])
             if group is None:
-                group = by_workspace[event.workspace_id] = []
-            group.append(event)
-        sent: list[tuple[asyncio.Future, list[Event]]] = []
-        unsent: list[Event] = []
+                group = by_workspace[part[0]] = []
+            group.append(part)
+        sent: list[tuple[asyncio.Future, list[Part]]] = []
+        unsent: list[Part] = []
         error: BaseException | None = None
-        for workspace_id, events in by_workspace.items():
+        for workspace_id, parts in by_workspace.items():
             key = workspace_id.encode()
-            for value, carried in await self._encode(events):
+            for value, carried in records_of(parts, self.max_record):
                 if error is not None:
                     unsent += carried
                     continue
@@ -245,40 +278,36 @@ class EventPublisher:
                     error = exc
                     unsent += carried
         results = await asyncio.gather(*(fut for fut, _ in sent), return_exceptions=True)
-        failed: list[Event] = []
+        failed: list[Part] = []
         delivered = 0
         for (_, carried), result in zip(sent, results):
             if isinstance(result, BaseException):
                 failed += carried
                 error = error or result
             else:
-                delivered += len(carried)
+                delivered += sum(part[2] for part in carried)
         self.published += delivered
         self._on_published(delivered)
         return failed + unsent, error
 
-    @staticmethod
-    async def _encode(events: list[Event]) -> list[tuple[bytes, list[Event]]]:
-        """``encode_records``, letting the loop go between parts, so that encoding a
-        large batch never holds requests up for long."""
-        if len(events) <= PART_EVENTS:
-            return encode_records(events)
-        parts = []
-        for part in parts_of(events):
-            parts.append(part)
-            await asyncio.sleep(0)
-        return join_parts(parts)
-
-    def _requeue(self, batch: list[Event]) -> None:
+    def _requeue(self, batch: list[Part]) -> None:
         if self.spool is not None:
             # The oldest events: back at the head, briefly over the bound; they move
             # to the spool's head if the outage lasts (see _failing).
             self.queue.extendleft(reversed(batch))
+            self.queued += sum(part[2] for part in batch)
             return
-        room = self.max_queue - len(self.queue)
-        keep = batch[:max(0, room)]
-        lost = len(batch) - len(keep)
+        room = self.max_queue - self.queued
+        keep = []
+        for part in batch:
+            if part[2] > room:
+                break
+            keep.append(part)
+            room -= part[2]
+        kept = sum(part[2] for part in keep)
+        lost = sum(part[2] for part in batch) - kept
         self.queue.extendleft(reversed(keep))
+        self.queued += kept
         if lost:
             self.dropped += lost
             self._on_dropped(lost)
@@ -299,17 +328,19 @@ class EventPublisher:
             # Cut off mid-send (Kafka down or too slow): not known as delivered, so
             # kept (spooled below) rather than lost.
             self.queue.extendleft(reversed(self._inflight))
+            self.queued += sum(part[2] for part in self._inflight)
             self._inflight = []
         if self.spool is not None:
-            if self.queue:
+            if self.queued:
                 self._spill()
             self.spool.close()
             if len(self.spool):
                 log.warning("events: %d event(s) not delivered at shutdown are kept in the "
                             "spool %s for the next start", len(self.spool), self.spool.directory)
-        elif self.queue:
-            log.error("events: %d events not delivered at shutdown", len(self.queue))
-            self.dropped += len(self.queue)
-            self._on_dropped(len(self.queue))
+        elif self.queued:
+            self._seal()
+            log.error("events: %d events not delivered at shutdown", self.queued)
+            self.dropped += self.queued
+            self._on_dropped(self.queued)
         if self._producer is not None:
             await self._producer.stop()

@@ -54,6 +54,11 @@ def encode(event: Event) -> bytes:
 
 PART_EVENTS = 64  # events encoded by one orjson call (see encode_part)
 
+# A part: events of one workspace already encoded, as the publisher queues them:
+# (workspace id, encode_part(events), how many). Plain tuples of str/bytes/int, which
+# the garbage collector stops tracking, so queued events cost no collection time.
+Part = tuple[str, bytes, int]
+
 
 def encode_part(events: list[Event]) -> bytes:
     """Events as the inside of a JSON array (``{...},{...}``). One ``orjson.dumps`` of
@@ -61,40 +66,51 @@ def encode_part(events: list[Event]) -> bytes:
     return orjson.dumps(events)[1:-1]
 
 
-def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
-    """Events of one workspace -> Kafka record values (JSON arrays, each at most about
-    ``max_bytes``), each with the events it carries."""
-    return join_parts(list(parts_of(events)), max_bytes)
+def make_part(events: list[Event]) -> Part:
+    """Events of one workspace as one part."""
+    return (events[0].workspace_id, encode_part(events), len(events))
 
 
-def parts_of(events: list[Event]):
-    """``(encode_part(chunk), chunk)`` for each PART_EVENTS events in turn."""
-    for start in range(0, len(events), PART_EVENTS):
-        chunk = events[start:start + PART_EVENTS]
-        yield encode_part(chunk), chunk
+def parts_of(events: list[Event]) -> list[Part]:
+    """Events of one workspace as parts of PART_EVENTS events each."""
+    return [make_part(events[start:start + PART_EVENTS])
+            for start in range(0, len(events), PART_EVENTS)]
 
 
-def join_parts(parts: list[tuple[bytes, list[Event]]],
-               max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Event]]]:
-    """Encoded parts (``encode_part``, each with its events) joined into record values
-    of at most about ``max_bytes``; a part over the cap is split event by event."""
+def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
+    """Events of one workspace -> Kafka record values (see ``records_of``)."""
+    return records_of(parts_of(events), max_bytes)
+
+
+def records_of(parts: list[Part], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
+    """Parts of one workspace joined into Kafka record values (JSON arrays of at most
+    about ``max_bytes``), each with the parts it carries; a part over the cap is split
+    event by event."""
     records = []
     chunks: list[bytes] = []
-    carried: list[Event] = []
+    carried: list[Part] = []
     size = 0
-    for part, events in parts:
-        if len(part) > max_bytes and len(events) > 1:
-            records += join_parts([(encode_part([e]), [e]) for e in events], max_bytes)
+    for part in parts:
+        body = part[1]
+        if len(body) > max_bytes and part[2] > 1:
+            records += records_of(split_part(part), max_bytes)
             continue
-        if chunks and size + len(part) > max_bytes:
+        if chunks and size + len(body) > max_bytes:
             records.append((b"[" + b",".join(chunks) + b"]", carried))
             chunks, carried, size = [], [], 0
-        chunks.append(part)
-        carried += events
-        size += len(part) + 1
+        chunks.append(body)
+        carried.append(part)
+        size += len(body) + 1
     if chunks:
         records.append((b"[" + b",".join(chunks) + b"]", carried))
     return records
+
+
+def split_part(part: Part) -> list[Part]:
+    """A part as one part per event (for one too large for a record)."""
+    workspace_id = part[0]
+    return [(workspace_id, orjson.dumps(item), 1)
+            for item in orjson.loads(b"[" + part[1] + b"]")]
 
 
 class InvalidEvent(ValueError):

@@ -1,7 +1,10 @@
 """A bounded on-disk spool for events Kafka could not take in time.
 
 Append-only segment files in one directory (``EVENT_SPOOL_DIR``), named by a sequence
-number (``000001000000.ndjson``), one JSON event per line. Segments are read back
+number (``000001000000.ndjson``). A line is one JSON event (``append``), or a part of
+one workspace's events as the publisher queues them (``prepend``):
+``<count>\t<workspace id as a JSON string>\t[<events>]`` (orjson writes no raw tab or
+newline, so neither splits a line). Segments are read back
 oldest first, whole, and deleted once read; a new segment can be written *before* the
 oldest one (``prepend``), which is how events still in memory at shutdown keep their
 place in line. The spool never grows past ``max_bytes``: ``append`` refuses instead
@@ -25,7 +28,7 @@ from pathlib import Path
 import orjson
 
 from rateguard.errors import SettingsError
-from rateguard.events.schema import Event, FIELDS
+from rateguard.events.schema import FIELDS, Event, Part
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class Spool:
             except (ValueError, OSError):
                 continue
             with open(path, "rb") as fh:
-                count = sum(1 for _ in fh)
+                count = sum(_events_in(line) for line in fh)
             self._segments.append((seq, size, count))
             self.bytes += size
             self.events += count
@@ -122,17 +125,19 @@ class Spool:
             self._close_current()
         return True
 
-    def prepend(self, events: list[Event]) -> int:
-        """Write ``events`` as a segment read before every other; returns how many did
-        not fit under the cap (the newest ones are given up)."""
+    def prepend(self, parts: list[Part]) -> int:
+        """Write ``parts`` as a segment read before every other; returns how many
+        events did not fit under the cap (the newest ones are given up)."""
         lines = []
         size = 0
-        for event in events:
-            line = orjson.dumps(event) + b"\n"
+        kept = 0
+        for workspace_id, body, count in parts:
+            line = b"%d\t%s\t[%s]\n" % (count, orjson.dumps(workspace_id), body)
             if self.bytes + size + len(line) > self.max_bytes:
                 break
             lines.append(line)
             size += len(line)
+            kept += count
         if lines:
             first = min([s[0] for s in self._segments] +
                         ([self._current_seq] if self._current is not None else []) +
@@ -141,10 +146,10 @@ class Spool:
             path = self._path(seq)
             with open(path, "wb") as fh:
                 fh.writelines(lines)
-            self._segments.insert(0, (seq, size, len(lines)))
+            self._segments.insert(0, (seq, size, kept))
             self.bytes += size
-            self.events += len(lines)
-        return len(events) - len(lines)
+            self.events += kept
+        return sum(part[2] for part in parts) - kept
 
     def _close_current(self) -> None:
         if self._current is None:
@@ -156,28 +161,55 @@ class Spool:
 
     # -- reading ------------------------------------------------------------------------
 
-    def take(self) -> list[Event]:
-        """The oldest segment's events, removed from the spool; [] when it is empty."""
+    def take(self) -> list[Part]:
+        """The oldest segment's events as parts, removed from the spool; [] when it is
+        empty."""
         if not self._segments:
             if self._current is None or not self._current_events:
                 return []
             self._close_current()
         seq, size, count = self._segments.pop(0)
         path = self._path(seq)
-        events: list[Event] = []
+        parts: list[Part] = []
         try:
             with open(path, "rb") as fh:
                 for line in fh:
-                    try:
-                        data = orjson.loads(line)
-                        events.append(Event(*(data[name] for name in FIELDS)))
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                    part = _part_of(line)
+                    if part is None:
                         log.error("events: skipped a damaged line in spool segment %s", path)
+                    else:
+                        parts.append(part)
             path.unlink()
         except OSError as exc:
             log.error("events: cannot read spool segment %s (%s); %d event(s) lost",
                       path, exc, count)
-            events = []
+            parts = []
         self.bytes -= size
         self.events -= count
-        return events
+        return parts
+
+
+def _events_in(line: bytes) -> int:
+    if line[:1] == b"{":
+        return 1
+    try:
+        return int(line.split(b"\t", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _part_of(line: bytes) -> Part | None:
+    """A spool line as a part; None when it is damaged (e.g. cut by a crash)."""
+    line = line.rstrip(b"\n")
+    try:
+        if line[:1] == b"{":  # one event (append)
+            data = orjson.loads(line)
+            Event(*(data[name] for name in FIELDS))  # every field is there
+            return (data["workspace_id"], line, 1)
+        count, workspace_id, body = line.split(b"\t", 2)
+        events = orjson.loads(body)
+        if not isinstance(events, list) or len(events) != int(count):
+            return None
+        return (orjson.loads(workspace_id), body[1:-1], len(events))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

@@ -67,7 +67,7 @@ class ProxyApp:
             "redis": "up" if redis_up else "down",
             "events": {
                 "connected": bool(self.publisher and self.publisher.connected),
-                "queued": len(self.publisher.queue) if self.publisher else 0,
+                "queued": self.publisher.queued if self.publisher else 0,
                 "spooled": len(self.publisher.spool)
                 if self.publisher and self.publisher.spool else 0,
                 "dropped": self.publisher.dropped if self.publisher else 0,
@@ -102,7 +102,7 @@ class ProxyApp:
                 spool_after=settings.EVENT_SPOOL_AFTER_SECONDS)
             self.publisher.start()
             publish = self.publisher.publish
-            metrics.queue_depth.set_function(lambda: len(self.publisher.queue))
+            metrics.queue_depth.set_function(lambda: self.publisher.queued)
             metrics.spool_depth.set_function(
                 lambda: len(self.publisher.spool) if self.publisher.spool else 0)
         else:
