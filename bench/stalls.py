@@ -18,6 +18,7 @@ some CPU, so its throughput is not a figure to compare (use ``python -m bench``)
 from __future__ import annotations
 
 import argparse
+from array import array
 import asyncio
 import gc
 import os
@@ -44,8 +45,9 @@ def child(config: str) -> None:
 
     clock = time.perf_counter
     late: list[float] = []
-    collections: list[tuple[int, float]] = []
-    phases: list[tuple[float, float, float]] = []  # total, admit, upstream
+    # Flat arrays of floats, not tuples: the probe must not feed the collector itself.
+    collections = {0: array("d"), 1: array("d"), 2: array("d")}  # durations by generation
+    phases = array("d")  # total, admit, upstream, per request
     forwarded: dict[int, float] = {}
     done: dict[int, float] = {}
     started = [0.0]
@@ -54,7 +56,7 @@ def child(config: str) -> None:
         if phase == "start":
             started[0] = clock()
         else:
-            collections.append((info["generation"], clock() - started[0]))
+            collections[info["generation"]].append(clock() - started[0])
 
     exchange, server = http_server.Exchange, http_server.ProxyServer
     send_request, on_response_end, record = (
@@ -71,7 +73,7 @@ def child(config: str) -> None:
     def timed_record(self, ex):
         sent, answered = forwarded.pop(id(ex), None), done.pop(id(ex), None)
         if sent is not None and answered is not None:
-            phases.append((clock() - ex.started, sent - ex.started, answered - sent))
+            phases.extend((clock() - ex.started, sent - ex.started, answered - sent))
         return record(self, ex)
 
     exchange.send_request = timed_send_request
@@ -91,6 +93,7 @@ def child(config: str) -> None:
         await app.start()
         gc.collect()
         gc.freeze()  # as rateguard.proxy.app.serve does
+        if os.environ.get("NOGC"): gc.disable()
         gc.callbacks.append(on_gc)
         tick = asyncio.ensure_future(ticker())
         stop = asyncio.Event()
@@ -106,14 +109,14 @@ def child(config: str) -> None:
               f"max {late[-1] * 1e6 if late else 0:.0f} us; {len(stalls)} ticks late by over "
               f"300 us ({sum(stalls) * 1000:.1f} ms in all)")
         for generation in (0, 1, 2):
-            times = sorted(t for g, t in collections if g == generation)
+            times = sorted(collections[generation])
             if times:
                 print(f"gc generation {generation}: {len(times)} collections, median "
                       f"{_quantile(times, .5) * 1e6:.0f} us, max {times[-1] * 1e6:.0f} us, "
                       f"{sum(times) * 1000:.1f} ms in all")
-        phases.sort()
+        rows = sorted(zip(phases[0::3], phases[1::3], phases[2::3]))
         for q in (0.5, 0.9, 0.99, 0.999):
-            total, admit, upstream = _quantile(phases, q) if phases else (0, 0, 0)
+            total, admit, upstream = _quantile(rows, q) if rows else (0, 0, 0)
             print(f"request p{q * 100:g} inside the proxy: {total * 1e6:.0f} us (head to limiter "
                   f"answered {admit * 1e6:.0f} us, upstream {upstream * 1e6:.0f} us)")
         await app.stop()
@@ -159,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             config.write_text(yaml.safe_dump(runner.proxy_config(
                 scenario, upstream.extra["port"], [key])))
             port = procs.free_port()
-            env = {"REDIS_URL": infra.redis(), "PROXY_PORT": str(port),
-                   "METRICS_PORT": str(procs.free_port()), "KAFKA_TOPIC": runner.TOPIC,
-                   "ALLOW_PRIVATE_UPSTREAMS": "true", "LOG_LEVEL": "warning",
+            env = {**runner.proxy_env(infra, scenario, port, procs.free_port()),
                    "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-            if scenario.events:
-                env["KAFKA_BROKERS"] = infra.kafka()
             proxy = procs.spawn([sys.executable, "-m", "bench.stalls", "--child", str(config)],
                                 log=workdir / "proxy.log", env=env, cpus=layout.server)
             procs.wait_for_port(port, 60, "the proxy", proxy, workdir / "proxy.log")

@@ -152,10 +152,26 @@ def proxy_config(scenario: Scenario, upstream_port: int, keys: list[str]) -> dic
     return {"workspaces": [workspace]}
 
 
+def proxy_env(infra: Infra, scenario: Scenario, port: int, metrics_port: int) -> dict:
+    """The proxy's settings for a bench run (its servers, ports and topic)."""
+    env = {"REDIS_URL": infra.redis(), "PROXY_PORT": str(port),
+           "METRICS_PORT": str(metrics_port), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "warning"),
+           "KAFKA_TOPIC": TOPIC,
+           # every bench server is on 127.0.0.1, which production settings refuse
+           "ALLOW_PRIVATE_UPSTREAMS": "true"}
+    if scenario.events:
+        env["KAFKA_BROKERS"] = infra.kafka()
+    return env
+
+
 def start_proxy(workdir: Path, scenario: Scenario, upstream: Server, keys: list[str],
-                infra: Infra, layout: procs.Layout, source: Path | None = None) -> Server:
+                infra: Infra, layout: procs.Layout, source: Path | None = None,
+                wrapper: tuple[str, ...] = (), ready_timeout: float = 30,
+                settings: dict | None = None) -> Server:
     """The proxy of this checkout, or with ``source`` the one of another checkout (same
-    config, same servers), named ``proxy@<directory name>``."""
+    config, same servers), named ``proxy@<directory name>``. ``wrapper`` runs it under
+    another program (``bench.instructions`` uses valgrind); ``settings`` are more
+    environment variables for it."""
     config = proxy_config(scenario, upstream.extra["port"], keys)
     label = "proxy" if source is None else f"proxy@{source.name}"
     name = f"{label}-{scenario.name}"
@@ -163,16 +179,10 @@ def start_proxy(workdir: Path, scenario: Scenario, upstream: Server, keys: list[
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     config_path.write_text(yaml.dump(config, Dumper=dumper))
     port, metrics_port = procs.free_port(), procs.free_port()
-    env = {"REDIS_URL": infra.redis(), "PROXY_PORT": str(port),
-           "METRICS_PORT": str(metrics_port), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "warning"),
-           "KAFKA_TOPIC": TOPIC,
-           # every bench server is on 127.0.0.1, which production settings refuse
-           "ALLOW_PRIVATE_UPSTREAMS": "true"}
-    args = [sys.executable, "-m", "rateguard", "proxy", "--config", str(config_path),
+    env = {**proxy_env(infra, scenario, port, metrics_port), **(settings or {})}
+    args = [*wrapper, sys.executable, "-m", "rateguard", "proxy", "--config", str(config_path),
             "--host", "127.0.0.1"]
-    if scenario.events:
-        env["KAFKA_BROKERS"] = infra.kafka()
-    else:
+    if not scenario.events:
         args.append("--no-events")
     log_path = workdir / f"{name}.log"
     if source is not None:  # its package first on the path, ahead of the installed one
@@ -185,8 +195,8 @@ def start_proxy(workdir: Path, scenario: Scenario, upstream: Server, keys: list[
                     metrics_url=f"http://127.0.0.1:{metrics_port}",
                     extra={"source": str(source)} if source is not None else {})
     try:
-        procs.wait_for_port(port, 60, "the proxy", proc, log_path)
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", 30, server)
+        procs.wait_for_port(port, max(60, ready_timeout), "the proxy", proc, log_path)
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", ready_timeout, server)
     except BaseException:
         server.stop()
         raise
