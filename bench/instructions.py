@@ -1,7 +1,7 @@
 """What one request costs the proxy in instructions: a figure the machine's noise can't move.
 
     python -m bench.instructions [--scenario default] [--requests 2000]
-                                 [--compare DIR ...] [--out FILE] [--keep DIR]
+                                 [--compare DIR ...] [--repeat N] [--out FILE] [--keep DIR]
 
 Runs the proxy under ``valgrind --tool=callgrind`` (instrumentation off), sends warm-up
 requests, switches instrumentation on with ``callgrind_control``, sends ``--requests``
@@ -11,9 +11,10 @@ instructions per request, the proxy's own Python and C (the kernel's part of a
 socket call is not counted; ``python -m bench`` measures that in seconds).
 
 On a shared machine the same code gives 70-100 us of CPU per request from one run to
-the next; the instruction count of the same code and inputs moves by well under 1 %,
-so it shows a change of a few percent that a timed run can't. ``--compare DIR`` counts
-another checkout's proxy (e.g. ``git worktree add /tmp/base HEAD~1``) the same way.
+the next; its instruction count moves by 1-3 % (how many produce rounds and
+collections fall inside the counted requests), so ``--repeat 3`` shows a change of a
+few percent that a timed run can't. ``--compare DIR`` counts another checkout's proxy
+(e.g. ``git worktree add /tmp/base HEAD~1``) the same way, alternating with this one.
 Needs valgrind (``apt-get install valgrind``); under it the proxy runs ~50x slower, so
 start-up takes ~15 s and 2,000 requests ~15 s more.
 """
@@ -25,6 +26,7 @@ import http.client
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                              "100 ms does at full speed")
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another checkout whose proxy is counted the same way")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds (each target once per round); the median is reported")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--keep", type=Path,
                         help="copy the callgrind dumps here (callgrind_annotate reads them)")
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench.instructions needs {tool} (apt-get install valgrind)")
     scenario = SCENARIOS[args.scenario]
     layout = procs.Layout(True)
-    results = []
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="rateguard-instructions-") as tmp:
         workdir = Path(tmp)
         infra = runner.Infra(workdir, layout)
@@ -136,23 +140,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             upstream = runner.start_upstream(workdir, scenario.size, layout)
             key = runner.make_keys(1)[0]
-            for source in [None, *[c.resolve() for c in args.compare]]:
-                results.append(measure(workdir, scenario, upstream, key, infra, layout,
-                                       source, args.warmup, args.requests, args.linger_ms,
-                                       args.keep))
+            for _ in range(args.repeat):  # rounds alternate the targets
+                for source in [None, *[c.resolve() for c in args.compare]]:
+                    result = measure(workdir, scenario, upstream, key, infra, layout, source,
+                                     args.warmup, args.requests, args.linger_ms, args.keep)
+                    runs.setdefault(result["target"], []).append(result)
         finally:
             if upstream is not None:
                 upstream.stop()
             infra.close()
-    base = results[0]["instructions_per_request"]
-    print(f"| target | instructions per request | vs {results[0]['target']} |")
-    print("|---|---|---|")
-    for result in results:
-        print(f"| {result['target']} | {result['instructions_per_request']:,} | "
-              f"{result['instructions_per_request'] / base:.3f} |")
+    medians = {target: statistics.median(r["instructions_per_request"] for r in results)
+               for target, results in runs.items()}
+    base = medians["proxy"]
+    print(f"| target | instructions per request (median of {args.repeat}) | runs | vs proxy |")
+    print("|---|---|---|---|")
+    for target, median in medians.items():
+        each = ", ".join(f"{r['instructions_per_request']:,}" for r in runs[target])
+        print(f"| {target} | {median:,.0f} | {each} | {median / base:.3f} |")
     if args.out:
-        args.out.write_text(json.dumps({"scenario": scenario.name, "results": results},
-                                       indent=2) + "\n")
+        args.out.write_text(json.dumps({"scenario": scenario.name, "runs": runs,
+                                        "medians": medians}, indent=2) + "\n")
     return 0
 
 
