@@ -51,6 +51,7 @@ def _content_length(value: bytes) -> int:
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class Exchange:
@@ -64,11 +65,11 @@ class Exchange:
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
-        "body_activity", "bad_head", "path", "query", "coro",
+        "body_activity", "bad_head", "path", "query", "coro", "has_connection",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
-                 headers: list, keep_alive: bool, http10: bool) -> None:
+                 headers: list, keep_alive: bool, http10: bool = False) -> None:
         self.client = client
         # The target split once: the path (routing, events) and "?query" (kept as is).
         raw_path, sep, query = target.partition(b"?")
@@ -113,6 +114,7 @@ class Exchange:
         self.coro = None
         host = authorization = x_api_key = user_agent = expect = None
         forwarded_for = forwarded_proto = None
+        has_connection = False
         for name, value in headers:
             if name == b"host":
                 if host is not None:
@@ -136,6 +138,9 @@ class Exchange:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b"," + value
             elif name == b"x-forwarded-proto":
                 forwarded_proto = value
+            elif name == b"connection":
+                has_connection = True
+        self.has_connection = has_connection
         trusted = server.trusted_proxies
         if trusted:
             self.client_ip = client_address(client.client_ip, forwarded_for, trusted)
@@ -294,7 +299,7 @@ class Exchange:
             framing = b"content-length: %d\r\n" % self.content_length
         else:
             framing = b""
-        drop = h.connection_tokens(self.headers)
+        drop = h.connection_tokens(self.headers) if self.has_connection else _NO_TOKENS
         if admission.drop_authorization:
             drop = drop | {b"authorization"}
         head = h.upstream_request_head(
@@ -365,7 +370,7 @@ class Exchange:
 
     # -- the response from the upstream ------------------------------------------------
 
-    def on_response_head(self, status: int, reason: bytes, headers: list, http10: bool) -> None:
+    def on_response_head(self, status: int, reason: bytes, headers: list) -> None:
         loop = self.server.loop
         self.last_activity = loop.time()
         self.upstream_ms = (self.last_activity - self.upstream_started) * 1000.0
@@ -629,8 +634,13 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        exchange = Exchange(self, parser.get_method(), self.url, self.headers,
-                            parser.should_keep_alive(), parser.get_http_version() == "1.0")
+        keep_alive = parser.should_keep_alive()
+        exchange = Exchange(self, parser.get_method(), self.url, self.headers, keep_alive)
+        # HTTP/1.0 or not (no chunked answers, keep-alive said out loud) costs a string
+        # format in httptools; a 1.0 request is never kept alive without a Connection
+        # header, so a kept-alive request without one is 1.1 and needs no asking.
+        if exchange.has_connection or not keep_alive:
+            exchange.http10 = parser.get_http_version() == "1.0"
         self.current = exchange
         if parser.should_upgrade():
             exchange.keep_alive = False

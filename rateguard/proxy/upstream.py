@@ -97,8 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = 100 <= status < 200
         if self._informational or self.exchange is None:
             return  # 1xx interim responses are not passed on
-        self.exchange.on_response_head(status, self._reason, self._headers,
-                                       self.parser.get_http_version() == "1.0")
+        self.exchange.on_response_head(status, self._reason, self._headers)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:

@@ -227,6 +227,33 @@ async def test_keep_alive_connection_serves_many_requests(gateway):
     writer.close()
 
 
+async def test_http10_clients_get_no_chunked_answer_and_keep_alive_said_out_loud(gateway):
+    key = gateway.keys.plain["free"]
+    # HTTP/1.0 without keep-alive: a chunked upstream answer is passed on close-delimited.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(f"GET /echo/bytes?n=5000 HTTP/1.0\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n"
+                 .encode())
+    response = await asyncio.wait_for(reader.read(), 5)  # to the end: the proxy closes
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower() and len(body) == 5000
+
+    # HTTP/1.0 with Connection: keep-alive: the answer says so, and the connection serves
+    # the next request.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    for _ in range(2):
+        writer.write(f"GET /echo/k HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+                     f"X-API-Key: {key}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode().lower().split("\r\n")
+        assert lines[0].startswith("http/1.1 200") and "connection: keep-alive" in lines
+        length = int(next(line.split(":")[1] for line in lines
+                          if line.startswith("content-length:")))
+        assert orjson.loads(await reader.readexactly(length))["path"] == "/k"
+    writer.close()
+
+
 async def test_policy_with_two_limits_consumes_nothing_when_one_rejects(gateway, session):
     """5/s and 20/min: the 6th call within a second is rejected by 5/s and must not
     count toward 20/min, so 20 calls fit in the minute, not fewer."""
