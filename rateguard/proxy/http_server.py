@@ -65,7 +65,7 @@ class Exchange:
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
-        "body_activity", "bad_head", "path", "query", "coro", "has_connection",
+        "body_activity", "bad_head", "path", "query", "has_connection",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -111,7 +111,6 @@ class Exchange:
         self.close_delimited = False
         self.body_activity = server.loop.time()
         self.bad_head = ""
-        self.coro = None
         host = authorization = x_api_key = user_agent = expect = None
         forwarded_for = forwarded_proto = None
         has_connection = False
@@ -192,27 +191,6 @@ class Exchange:
             self.finish()
 
     # -- the request --------------------------------------------------------------------
-
-    def step(self, _awaited=None) -> None:
-        """Run ``run()`` up to its next await, and again when what it awaits is done.
-
-        What an asyncio Task does for a coroutine, without the Task: no Task object,
-        no registration in asyncio's set of all tasks (a Python-level WeakSet), no
-        extra loop callback per step. ``run`` handles its own exceptions and nothing
-        cancels an exchange, which is all a Task would add here."""
-        try:
-            awaited = self.coro.send(None)
-        except StopIteration:
-            self.coro = None
-            return
-        except BaseException:
-            self.coro = None
-            raise
-        if awaited is None:  # a bare yield (asyncio.sleep(0)): go on next iteration
-            self.server.loop.call_soon(self.step)
-        else:  # a Future: resume when it is done (await reads its result)
-            awaited._asyncio_future_blocking = False
-            awaited.add_done_callback(self.step)
 
     async def run(self) -> None:
         try:
@@ -784,10 +762,11 @@ class ProxyServer:
     def start(self, exchange: Exchange) -> None:
         self.inflight += 1
         self.exchanges.add(exchange)
-        exchange.coro = exchange.run()
-        # First step on the next iteration, as a Task's: after the parser has fed the
-        # rest of this read (the end of a bodyless request, pipelined requests).
-        self.loop.call_soon(exchange.step)
+        # A Task, not a hand-stepped coroutine: code under the admission (redis-py's
+        # cluster client, asyncio.timeout, wait_for on Python 3.12+) needs a current
+        # task. Its first step runs on the next iteration, after the parser has fed
+        # the rest of this read (the end of a bodyless request, pipelined requests).
+        self.loop.create_task(exchange.run())
 
     def sweep(self, interval: float = 0.1) -> asyncio.Task:
         """One periodic task checks every deadline (upstream timeouts each
