@@ -3,11 +3,12 @@
 ``publish`` appends the event to its workspace's pending list and returns; every
 PART_EVENTS events of a workspace are encoded at once (one ``orjson`` call) into a
 part that goes to a bounded in-memory queue (a deque). So a queued event is bytes
-inside a tuple the garbage collector does not track, not two objects (an Event and its
-``__dict__``) it walks on every young collection: at one connection those collections
-came every ~500 requests and made much of the latency tail. A background task lingers ``linger_ms``, seals what is pending, and
-hands the parts to aiokafka's producer as JSON-array records. Parts a failed send
-leaves undelivered go back to the head of the queue and are retried with backoff.
+inside a tuple the garbage collector does not track, not two objects (an Event and
+its ``__dict__``) it walks on every young collection: at one connection those
+collections came every ~500 requests and made much of the latency tail. A background
+task lingers ``linger_ms``, seals what is pending, and hands the parts to aiokafka's
+producer as JSON-array records. Parts a failed send leaves undelivered go back to the
+head of the queue and are retried with backoff.
 
 With a spool (``EVENT_SPOOL_DIR``, see spool.py) nothing is lost to an outage that the
 spool's cap can hold: when the queue is full, new events go to the spool, and once

@@ -77,12 +77,14 @@ def parts_of(events: list[Event]) -> list[Part]:
             for start in range(0, len(events), PART_EVENTS)]
 
 
-def encode_records(events: list[Event], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
+def encode_records(events: list[Event],
+                   max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
     """Events of one workspace -> Kafka record values (see ``records_of``)."""
     return records_of(parts_of(events), max_bytes)
 
 
-def records_of(parts: list[Part], max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
+def records_of(parts: list[Part],
+               max_bytes: int = 256 * 1024) -> list[tuple[bytes, list[Part]]]:
     """Parts of one workspace joined into Kafka record values (JSON arrays of at most
     about ``max_bytes``), each with the parts it carries; a part over the cap is split
     event by event."""

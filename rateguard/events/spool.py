@@ -4,10 +4,10 @@ Append-only segment files in one directory (``EVENT_SPOOL_DIR``), named by a seq
 number (``000001000000.ndjson``). A line is one JSON event (``append``), or a part of
 one workspace's events as the publisher queues them (``prepend``):
 ``<count>\t<workspace id as a JSON string>\t[<events>]`` (orjson writes no raw tab or
-newline, so neither splits a line). Segments are read back
-oldest first, whole, and deleted once read; a new segment can be written *before* the
-oldest one (``prepend``), which is how events still in memory at shutdown keep their
-place in line. The spool never grows past ``max_bytes``: ``append`` refuses instead
+newline, so neither splits a line). Segments are read back oldest first, whole, and
+deleted once read; a new segment can be written *before* the oldest one
+(``prepend``), which is how events still in memory at shutdown keep their place in
+line. The spool never grows past ``max_bytes``: ``append`` refuses instead
 (the caller counts and logs the drop).
 
 One process owns a directory at a time (an exclusive ``flock`` on ``.lock``); segments
