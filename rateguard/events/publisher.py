@@ -32,7 +32,7 @@ from typing import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from rateguard.events.schema import PART_EVENTS, Event, Part, encode_part, records_of
+from rateguard.events.schema import PART_EVENTS, Event, Part, events_in, make_part, records_of
 from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class EventPublisher:
         self.queued += 1
         if len(pending) >= PART_EVENTS:
             del self._pending[workspace_id]
-            self.queue.append((workspace_id, encode_part(pending), len(pending)))
+            self.queue.append(make_part(pending))
         if self.queued == 1:
             self._wakeup.set()
 
@@ -115,9 +115,7 @@ class EventPublisher:
         """Every pending list into a part at the queue's tail."""
         if self._pending:
             pending, self._pending = self._pending, {}
-            append = self.queue.append
-            for workspace_id, events in pending.items():
-                append((workspace_id, encode_part(events), len(events)))
+            self.queue.extend(map(make_part, pending.values()))
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
@@ -142,7 +140,7 @@ class EventPublisher:
             return False
         parts = spool.take()
         self.queue.extend(parts)
-        self.queued += sum(part[2] for part in parts)
+        self.queued += events_in(parts)
         if not len(spool):
             self._spooling = False
         return True
@@ -286,7 +284,7 @@ class EventPublisher:
                 failed += carried
                 error = error or result
             else:
-                delivered += sum(part[2] for part in carried)
+                delivered += events_in(carried)
         self.published += delivered
         self._on_published(delivered)
         return failed + unsent, error
@@ -296,7 +294,7 @@ class EventPublisher:
             # The oldest events: back at the head, briefly over the bound; they move
             # to the spool's head if the outage lasts (see _failing).
             self.queue.extendleft(reversed(batch))
-            self.queued += sum(part[2] for part in batch)
+            self.queued += events_in(batch)
             return
         room = self.max_queue - self.queued
         keep = []
@@ -305,8 +303,8 @@ class EventPublisher:
                 break
             keep.append(part)
             room -= part[2]
-        kept = sum(part[2] for part in keep)
-        lost = sum(part[2] for part in batch) - kept
+        kept = events_in(keep)
+        lost = events_in(batch) - kept
         self.queue.extendleft(reversed(keep))
         self.queued += kept
         if lost:
@@ -329,7 +327,7 @@ class EventPublisher:
             # Cut off mid-send (Kafka down or too slow): not known as delivered, so
             # kept (spooled below) rather than lost.
             self.queue.extendleft(reversed(self._inflight))
-            self.queued += sum(part[2] for part in self._inflight)
+            self.queued += events_in(self._inflight)
             self._inflight = []
         if self.spool is not None:
             if self.queued:
@@ -339,7 +337,6 @@ class EventPublisher:
                 log.warning("events: %d event(s) not delivered at shutdown are kept in the "
                             "spool %s for the next start", len(self.spool), self.spool.directory)
         elif self.queued:
-            self._seal()
             log.error("events: %d events not delivered at shutdown", self.queued)
             self.dropped += self.queued
             self._on_dropped(self.queued)

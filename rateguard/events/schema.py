@@ -71,6 +71,11 @@ def make_part(events: list[Event]) -> Part:
     return (events[0].workspace_id, encode_part(events), len(events))
 
 
+def events_in(parts: list[Part]) -> int:
+    """How many events these parts carry."""
+    return sum(part[2] for part in parts)
+
+
 def parts_of(events: list[Event]) -> list[Part]:
     """Events of one workspace as parts of PART_EVENTS events each."""
     return [make_part(events[start:start + PART_EVENTS])

@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 
 from rateguard.errors import SettingsError
-from rateguard.events.schema import FIELDS, Event, Part
+from rateguard.events.schema import FIELDS, Event, Part, events_in
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Spool:
             self._segments.insert(0, (seq, size, kept))
             self.bytes += size
             self.events += kept
-        return sum(part[2] for part in parts) - kept
+        return events_in(parts) - kept
 
     def _close_current(self) -> None:
         if self._current is None:

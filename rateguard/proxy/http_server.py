@@ -69,7 +69,7 @@ class Exchange:
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
-                 headers: list, keep_alive: bool, http10: bool = False) -> None:
+                 headers: list, keep_alive: bool) -> None:
         self.client = client
         # The target split once: the path (routing, events) and "?query" (kept as is).
         raw_path, sep, query = target.partition(b"?")
@@ -80,7 +80,7 @@ class Exchange:
         self.target = target
         self.headers = headers
         self.keep_alive = keep_alive
-        self.http10 = http10
+        self.http10 = False  # set by the connection when the request may be HTTP/1.0
         self.started = time.perf_counter()
         self.ts_ms = int(time.time() * 1000)
         self.request_id = server.next_request_id()
