@@ -58,10 +58,15 @@ class ProxyApp:
         return 200, b'{"status":"ok"}'
 
     def readiness(self) -> tuple[int, bytes]:
+        """Ready once the config is loaded, until draining starts. Redis being down
+        shows in the detail but does not fail the probe: every replica shares that
+        Redis, so failing would take them all out of the Service at once, and no
+        client would see the policies' failure modes (``open`` keeps serving with the
+        local limiter, ``closed`` answers its 503 ``limiter_unavailable``)."""
         gateway = self.server.gateway if self.server else None
         redis_up = bool(gateway and gateway.limiter.redis_up)
         detail = {
-            "ready": not self.draining and gateway is not None and redis_up,
+            "ready": not self.draining and gateway is not None,
             "draining": self.draining,
             "snapshot": gateway.snapshot.version if gateway else None,
             "redis": "up" if redis_up else "down",
