@@ -27,6 +27,17 @@ N_APIS = 50
 from tests.conftest import kafka_brokers, redis_url, workdir  # noqa: E402,F401
 
 
+def per_call(benchmark, calls: int) -> None:
+    """Per-call figures of a benchmark whose round makes ``calls`` calls, in its
+    extra_info (nothing under ``--benchmark-disable``, which keeps no stats)."""
+    benchmark.extra_info["calls_per_round"] = calls
+    if benchmark.stats is None:
+        return
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["per_call_us"] = round(mean / calls * 1e6, 3)
+    benchmark.extra_info["calls_per_second"] = round(calls / mean)
+
+
 @pytest.fixture(scope="session")
 def loop():
     """One uvloop loop for the session; benchmarks drive it with run_until_complete."""

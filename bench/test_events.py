@@ -12,6 +12,8 @@ from rateguard.events.publisher import EventPublisher
 from rateguard.events.schema import Event, encode
 from rateguard.events.topics import ensure_topic
 
+from bench.conftest import per_call
+
 BATCH = 1000
 TO_BROKER = 10_000
 
@@ -21,13 +23,6 @@ def make_event(i: int = 0) -> Event:
                  "mobile-app", "GET", "api.acme.test", "/orders/42", 200, 0.412, 0.198,
                  0, 1024, "203.0.113.7", "Mozilla/5.0 (X11; Linux x86_64) bench/1.0",
                  "allowed", "standard", "proxy-7c9f-abcde")
-
-
-def per_call(benchmark, calls: int) -> None:
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info["calls_per_round"] = calls
-    benchmark.extra_info["per_call_us"] = round(mean / calls * 1e6, 3)
-    benchmark.extra_info["calls_per_second"] = round(calls / mean)
 
 
 def test_event_encode(benchmark):

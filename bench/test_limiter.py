@@ -15,6 +15,8 @@ import pytest
 from rateguard.limiter.redis_client import RedisClient
 from rateguard.limiter.redis_store import SCRIPT, SCRIPT_SHA, RedisStore
 
+from bench.conftest import per_call
+
 BATCH = 100
 
 
@@ -35,13 +37,6 @@ def redis_py(loop, redis_url):
     loop.run_until_complete(client.script_load(SCRIPT))
     yield client
     loop.run_until_complete(client.aclose())
-
-
-def per_call(benchmark, calls: int) -> None:
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info["calls_per_round"] = calls
-    benchmark.extra_info["per_call_us"] = round(mean / calls * 1e6, 2)
-    benchmark.extra_info["calls_per_second"] = round(calls / mean)
 
 
 def test_limiter_evalsha_single(benchmark, loop, store, policy):
