@@ -16,9 +16,11 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
-# The deployment checks and a 10-second smoke run of the benchmark harness first, so
-# that the main test run's summary is the last thing printed.
+# The deployment checks, a 10-second smoke run of the benchmark harness and one pass
+# of each micro-benchmark (not timed: --benchmark-disable) first, so that the main
+# test run's summary is the last thing printed.
 bash deploy/check.sh
 .venv/bin/python -m bench smoke
+.venv/bin/python -m pytest bench -q -p no:cacheprovider --benchmark-disable
 
 .venv/bin/python -m pytest "$@"
