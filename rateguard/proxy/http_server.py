@@ -301,7 +301,10 @@ class Exchange:
         self.sent_body = True
         self.client.resume_reading("buffer")
         conn.write(parts[0] if len(parts) == 1 else b"".join(parts))
-        self.upstream_started = self.last_activity = self.server.loop.time()
+        # loop.time() (uvloop: libuv's millisecond clock) for the timeout sweep; the
+        # upstream's time for events and metrics needs the microsecond clock.
+        self.last_activity = self.server.loop.time()
+        self.upstream_started = time.perf_counter()
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's sweep: 408 when the client stalls while sending its
@@ -349,9 +352,8 @@ class Exchange:
     # -- the response from the upstream ------------------------------------------------
 
     def on_response_head(self, status: int, reason: bytes, headers: list) -> None:
-        loop = self.server.loop
-        self.last_activity = loop.time()
-        self.upstream_ms = (self.last_activity - self.upstream_started) * 1000.0
+        self.last_activity = self.server.loop.time()
+        self.upstream_ms = (time.perf_counter() - self.upstream_started) * 1000.0
         self.status = status
         self.response_started = True
         content_length = None

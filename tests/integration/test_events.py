@@ -36,7 +36,8 @@ async def test_every_request_lands_in_clickhouse_with_its_fields(gateway, sessio
     assert await wait_until(landed, timeout=15), "events did not reach ClickHouse in time"
     columns, rows = await clickhouse.query(
         f"SELECT id, workspace_id, api_id, key_id, method, path, status, bytes_in, user_agent, "
-        f"decision, policy_id, latency_ms, client_ip, instance, count() OVER (PARTITION BY id) "
+        f"decision, policy_id, latency_ms, upstream_ms, client_ip, instance, "
+        f"count() OVER (PARTITION BY id) "
         f"FROM {clickhouse.database}.api_events WHERE id IN {{ids:Array(String)}}", {"ids": ids})
     by_id = {row[0]: dict(zip(columns, row)) for row in rows}
     assert len(rows) == len(ids), "each event exactly once"
@@ -49,6 +50,9 @@ async def test_every_request_lands_in_clickhouse_with_its_fields(gateway, sessio
         assert event["user_agent"] == "events-test/1.0"
         assert event["decision"] == "allowed" and event["policy_id"] == "roomy"
         assert event["latency_ms"] > 0 and event["client_ip"] == "127.0.0.1"
+        # The upstream's share, to the microsecond: a local upstream answers well within
+        # a millisecond, which a millisecond clock would record as 0.
+        assert 0 < event["upstream_ms"] < event["latency_ms"], event
         assert event["instance"]
     denied = by_id[denied_id]
     assert denied["decision"] == "unauthorized" and denied["status"] == 401
