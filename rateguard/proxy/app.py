@@ -123,7 +123,7 @@ class ProxyApp:
             special_paths={"/healthz": self.health, "/readyz": self.readiness},
             head_timeout=settings.PROXY_HEAD_TIMEOUT, body_timeout=settings.PROXY_BODY_TIMEOUT,
             keepalive_timeout=settings.PROXY_KEEPALIVE_TIMEOUT,
-            trusted_proxies=settings.TRUSTED_PROXIES)
+            trusted_proxies=settings.TRUSTED_PROXIES, busy_poll_us=settings.PROXY_BUSY_POLL_US)
         metrics.inflight.set_function(lambda: self.server.inflight)
 
         def apply(new: Snapshot) -> None:

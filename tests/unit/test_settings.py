@@ -11,12 +11,14 @@ def test_defaults_when_nothing_is_set():
     assert s.LOG_LEVEL == "info" and s.RATEGUARD_ENV == "production"
     assert s.PROXY_PORT == 3001 and s.METRICS_PORT == 9090
     assert s.REDIS_URL is None
+    assert s.PROXY_BUSY_POLL_US == 0  # off unless asked for
 
 
 def test_values_are_parsed():
     s = Settings.from_env({"KAFKA_BROKERS": "a:9092, b:9093", "REDIS_URL": "redis://r:6379/1",
-                           "LOG_LEVEL": "DEBUG", "PROXY_PORT": "8000"})
-    assert s.KAFKA_BROKERS == ("a:9092", "b:9093")
+                           "LOG_LEVEL": "DEBUG", "PROXY_PORT": "8000",
+                           "PROXY_BUSY_POLL_US": "300"})
+    assert s.KAFKA_BROKERS == ("a:9092", "b:9093") and s.PROXY_BUSY_POLL_US == 300
     assert s.LOG_LEVEL == "debug" and s.PROXY_PORT == 8000
 
 
@@ -28,6 +30,8 @@ def test_values_are_parsed():
     ("LOG_LEVEL", "loud", "LOG_LEVEL: must be one of"),
     ("CLICKHOUSE_URL", "tcp://x", "CLICKHOUSE_URL: scheme must be one of"),
     ("CLICKHOUSE_DATABASE", "drop table;", "CLICKHOUSE_DATABASE: must contain only"),
+    ("PROXY_BUSY_POLL_US", "-1", "PROXY_BUSY_POLL_US: must be 0 (off) to 10000"),
+    ("PROXY_BUSY_POLL_US", "50000", "PROXY_BUSY_POLL_US: must be 0 (off) to 10000"),
 ])
 def test_malformed_value_names_the_variable(name, value, fragment):
     with pytest.raises(SettingsError) as info:
