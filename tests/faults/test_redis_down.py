@@ -1,5 +1,6 @@
 """Redis down: failure modes apply at once, with no per-request wait; recovery follows
-within seconds of Redis returning; the state shows in metrics and in /readyz's detail (readiness itself holds).
+within seconds of Redis returning; the state shows in metrics and in /readyz's detail
+(readiness itself holds).
 
 A dedicated Valkey is killed and restarted on the same port; the session Valkey other
 tests use is never touched.
