@@ -27,9 +27,17 @@ pytestmark = pytest.mark.integration
 OUTAGE_SECONDS = 12
 
 
-async def steady_load(session, url, headers, sent: list, stop: asyncio.Event, rate=40):
-    """One request every 1/rate seconds until stopped; records (status, id, seconds)."""
+async def steady_load(session, url, headers, sent: list, stop: asyncio.Event, rate=40,
+                      hold: asyncio.Event | None = None, held: asyncio.Event | None = None):
+    """One request every 1/rate seconds until stopped; records (status, id, seconds).
+    While ``hold`` is set no request starts, and ``held`` is set once none is in flight."""
     while not stop.is_set():
+        if hold is not None and hold.is_set():
+            held.set()
+            await asyncio.sleep(0.01)
+            continue
+        if held is not None:
+            held.clear()
         started = time.monotonic()
         status, response_headers, _ = await fetch(session, "GET", url, headers=headers)
         sent.append((status, response_headers.get("X-Request-Id"), time.monotonic() - started))
@@ -60,7 +68,7 @@ async def test_broker_outage_under_load_loses_no_event(
     keys = Keys()
     config = {"workspaces": [{"id": "kafkafault", "apis": [
         {"id": "api", "prefix": "/", "upstream": fupstream.url}], "keys": [keys.entry("k")]}]}
-    stop = asyncio.Event()
+    stop, hold, held = asyncio.Event(), asyncio.Event(), asyncio.Event()
     sent: list = []
     load = None
     try:
@@ -68,15 +76,22 @@ async def test_broker_outage_under_load_loses_no_event(
                             EVENT_QUEUE_SIZE="100", EVENT_SPOOL_DIR=str(spool_dir),
                             EVENT_SPOOL_AFTER_SECONDS="3")
         load = asyncio.ensure_future(
-            steady_load(fsession, f"{proxy.url}/echo", keys.auth("k"), sent, stop))
+            steady_load(fsession, f"{proxy.url}/echo", keys.auth("k"), sent, stop,
+                        hold=hold, held=held))
         await asyncio.sleep(2)
-        # Tansu acknowledges from memory: what it holds dies with it. Let what was
-        # published so far reach ClickHouse first (a real Kafka keeps it on disk).
+        # Tansu acknowledges from memory: what it holds dies with it. So the load
+        # pauses, and what was published so far reaches ClickHouse before the broker is
+        # stopped (a real Kafka keeps it on disk). stop() blocks this loop until Tansu
+        # has exited (up to 5 s): with no request in flight, no request's time includes
+        # that stall of the test's own.
+        hold.set()
+        await asyncio.wait_for(held.wait(), 5)
         before = [i for _, i, _ in sent]
         assert len(await pipeline.wait_exactly_once(before, timeout=15)) == len(before)
 
         broker.stop()
         outage_started = len(sent)
+        hold.clear()
         await asyncio.sleep(OUTAGE_SECONDS)
         during = sent[outage_started:]
         assert len(during) > 200
