@@ -160,7 +160,7 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
                            "waits for Redis or its upstream: less latency for more CPU (0: off)"),
     "ALLOW_PRIVATE_UPSTREAMS": (_flag, False,
                                 "production: allow upstreams on private and loopback addresses"),
-    "KAFKA_LINGER_MS": (_positive_int, 100, "how long events gather before a send (ms)"),
+    "KAFKA_LINGER_MS": (_positive_int, 500, "how long events gather before a send (ms)"),
     "KAFKA_BATCH_BYTES": (_positive_int, 512 * 1024, "producer batch size"),
     "KAFKA_COMPRESSION": (_choice("none", "gzip", "lz4", "zstd"), "zstd", "producer compression"),
     "ANALYTICS_GROUP": (str, "rateguard-analytics", "analytics consumer group"),
