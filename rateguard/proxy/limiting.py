@@ -24,11 +24,11 @@ import time
 from rateguard.errors import LimiterUnavailable
 from rateguard.limiter.memory_store import MemoryStore
 from rateguard.limiter.policy import Decision, Policy
-
-MAX_DENIED = 100_000  # remembered refusals per policy
 from rateguard.limiter.redis_client import RedisReplyError
 
 log = logging.getLogger(__name__)
+
+MAX_DENIED = 100_000  # remembered refusals per policy
 
 
 class Limiter:
