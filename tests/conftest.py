@@ -3,16 +3,17 @@ ClickHouse (chdb in this process), or the servers the environment names."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from rateguard.embedded.servers import EmbeddedBroker, EmbeddedValkey
+from tests.servers import Upstream
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,22 @@ def clickhouse_url(workdir):
     path = workdir / "clickhouse"
     path.mkdir()
     return f"chdb://{path}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def upstream():
+    """The test upstream (tests/servers.py), one for the session."""
+    server = Upstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def session():
+    """An HTTP client for the session (bodies as sent: no decompression)."""
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

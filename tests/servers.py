@@ -4,6 +4,7 @@ KAFKA_BROKERS and CLICKHOUSE_URL. Also a test upstream and proxy processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -15,7 +16,10 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from rateguard.analytics.worker import AnalyticsWorker
 from rateguard.embedded.servers import free_port, stop_process, wait_for_port
+from rateguard.events.topics import ensure_topic
+from rateguard.settings import Settings
 
 
 class Upstream:
@@ -166,3 +170,17 @@ async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kw):
     async with session.request(method, url, **kw) as response:
         body = await response.read()
         return response.status, response.headers, body
+
+
+@contextlib.asynccontextmanager
+async def analytics_worker(env: dict[str, str]):
+    """An analytics worker in this process for the settings ``env`` names, its topic
+    created first; stopped on exit."""
+    settings = Settings.from_env(env)
+    await ensure_topic(settings.KAFKA_BROKERS, settings.KAFKA_TOPIC)
+    worker = AnalyticsWorker(settings)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()

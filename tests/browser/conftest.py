@@ -17,11 +17,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, async_playwright, expect
 
-from rateguard.analytics.worker import AnalyticsWorker
-from rateguard.events.topics import ensure_topic
-from rateguard.settings import Settings
 from tests.integration.control import ControlPlane, PgProxy
-from tests.servers import Upstream
+from tests.servers import analytics_worker
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -46,20 +43,8 @@ def benv(redis_url, kafka_brokers, clickhouse_url):
 
 @pytest_asyncio.fixture(scope="session")
 async def banalytics(benv):
-    settings = Settings.from_env(benv)
-    await ensure_topic(settings.KAFKA_BROKERS, settings.KAFKA_TOPIC)
-    worker = AnalyticsWorker(settings)
-    await worker.start()
-    yield worker
-    await worker.stop()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def bupstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
+    async with analytics_worker(benv) as worker:
+        yield worker
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -58,7 +58,7 @@ async def sign_up(page: Page, email: str, name: str, workspace: str) -> str:
 
 
 async def test_from_sign_up_to_traffic_analytics_and_revocation(
-        page: Page, dashboard, start_proxy, bupstream, screenshots):
+        page: Page, dashboard, start_proxy, upstream, screenshots):
     email = f"ops-{uuid.uuid4().hex[:6]}@example.com"
     await page.goto("/signup")
     await shoot(page, "01-sign-up", screenshots)
@@ -92,7 +92,7 @@ async def test_from_sign_up_to_traffic_analytics_and_revocation(
     await nav(page, "APIs")
     form = page.locator("#create-api")
     await form.get_by_label("Name").fill("Orders")
-    await form.get_by_label("Upstream URL").fill(bupstream.url + "/v0")
+    await form.get_by_label("Upstream URL").fill(upstream.url + "/v0")
     await form.get_by_label("Path prefix").fill(prefix)
     await form.get_by_label("Policy").select_option(label="standard — 20/min, 1000/h")
     await form.get_by_role("button", name="Create API").click()
@@ -105,8 +105,8 @@ async def test_from_sign_up_to_traffic_analytics_and_revocation(
     # Edit its upstream (drop the /v0 path) and add an upstream credential.
     await row.get_by_role("link", name="Edit").click()
     form = page.locator("#edit-api")
-    await expect(form.get_by_label("Upstream URL")).to_have_value(bupstream.url + "/v0")
-    await form.get_by_label("Upstream URL").fill(bupstream.url)
+    await expect(form.get_by_label("Upstream URL")).to_have_value(upstream.url + "/v0")
+    await form.get_by_label("Upstream URL").fill(upstream.url)
     await form.get_by_label("Upstream headers").fill("X-Upstream-Token: s3cret")
     await form.get_by_label("Timeout (seconds)").fill("10")
     await shoot(page, "05-api-edit", screenshots)

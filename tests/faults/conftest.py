@@ -12,15 +12,13 @@ import logging
 import time
 import uuid
 
-import aiohttp
 import pytest
-import pytest_asyncio
 
 from rateguard.analytics.clickhouse import ClickHouse
 from rateguard.analytics.consumer import Ingester
 from rateguard.events.topics import ensure_topic
 from tests.integration.conftest import Keys, unique, wait_until  # noqa: F401
-from tests.servers import ProxyProcess, Upstream
+from tests.servers import ProxyProcess
 
 IN_PROCESS_LOG = "faults-in-process.log"
 
@@ -50,20 +48,6 @@ def in_process_log(workdir):
     root.removeHandler(handler)
     ours.setLevel(old_level)
     handler.close()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def fupstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def fsession():
-    async with aiohttp.ClientSession(auto_decompress=False) as client:
-        yield client
 
 
 @pytest.fixture

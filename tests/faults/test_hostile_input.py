@@ -28,11 +28,11 @@ async def other_upstream():
 
 
 @pytest.fixture(scope="module")
-def hostile(workdir, fenv, fupstream, other_upstream):
+def hostile(workdir, fenv, upstream, other_upstream):
     keys = Keys()
     config = {"workspaces": [
         {"id": "wa", "apis": [
-            {"id": "a", "prefix": "/a", "upstream": fupstream.url + "/a-base",
+            {"id": "a", "prefix": "/a", "upstream": upstream.url + "/a-base",
              "max_body_bytes": 4096}],
          "keys": [keys.entry("a")]},
         {"id": "wb", "apis": [
@@ -124,7 +124,7 @@ async def test_malformed_requests_get_a_4xx_json_answer(hostile, raw, expected):
     assert json_body(response)["error"]
 
 
-async def test_broken_chunked_body_after_the_request_started_gets_400(hostile, fupstream):
+async def test_broken_chunked_body_after_the_request_started_gets_400(hostile, upstream):
     key = hostile.keys.plain["a"]
     raw = (b"POST /a/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + key.encode()
            + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -172,7 +172,7 @@ TRICKS = [
 
 @pytest.mark.parametrize("path", TRICKS)
 async def test_path_tricks_never_leave_the_prefix_or_the_workspace(
-        hostile, fsession, other_upstream, path):
+        hostile, session, other_upstream, path):
     calls_b = other_upstream.calls
     response = await exchange(hostile, head(hostile.keys.plain["a"], path))
     status = status_of(response)
@@ -186,16 +186,16 @@ async def test_path_tricks_never_leave_the_prefix_or_the_workspace(
     assert other_upstream.calls == calls_b, "another workspace's upstream was reached"
 
 
-async def test_the_proxy_survives_all_of_it(hostile, fsession):
+async def test_the_proxy_survives_all_of_it(hostile, session):
     # A burst of every malformed request at once, then normal service.
     raws = [b"GARBAGE\r\n\r\n", b"GET /a/x HTTP/1.1\r\nX: a\rb\r\n\r\n",
             b"POST /a/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             head(hostile.keys.plain["a"], "/a/%2e%2e/b"), b"\x16\x03\x01\x02\x00\x01\x00"]
     await asyncio.gather(*(exchange(hostile, raw, wait=2) for raw in raws * 10))
     assert hostile.proc.poll() is None, "the proxy died"
-    status, _, _ = await fetch(fsession, "GET", f"{hostile.url}/healthz")
+    status, _, _ = await fetch(session, "GET", f"{hostile.url}/healthz")
     assert status == 200
-    status, _, body = await fetch(fsession, "GET", f"{hostile.url}/a/fine",
+    status, _, body = await fetch(session, "GET", f"{hostile.url}/a/fine",
                                   headers=hostile.keys.auth("a"))
     assert status == 200 and orjson.loads(body)["path"] == "/a-base/fine"
     log = hostile.log()

@@ -57,7 +57,7 @@ async def recreate_topic(brokers, topic, timeout=20):
 
 
 async def test_broker_outage_under_load_loses_no_event(
-        workdir, start_proxy, fupstream, fsession, clickhouse_url):
+        workdir, start_proxy, upstream, session, clickhouse_url):
     port = free_port()
     broker = EmbeddedBroker(port)
     brokers = (broker.start(),)
@@ -67,7 +67,7 @@ async def test_broker_outage_under_load_loses_no_event(
     spool_dir = workdir / unique("spool")
     keys = Keys()
     config = {"workspaces": [{"id": "kafkafault", "apis": [
-        {"id": "api", "prefix": "/", "upstream": fupstream.url}], "keys": [keys.entry("k")]}]}
+        {"id": "api", "prefix": "/", "upstream": upstream.url}], "keys": [keys.entry("k")]}]}
     stop, hold, held = asyncio.Event(), asyncio.Event(), asyncio.Event()
     sent: list = []
     load = None
@@ -76,7 +76,7 @@ async def test_broker_outage_under_load_loses_no_event(
                             EVENT_QUEUE_SIZE="100", EVENT_SPOOL_DIR=str(spool_dir),
                             EVENT_SPOOL_AFTER_SECONDS="3")
         load = asyncio.ensure_future(
-            steady_load(fsession, f"{proxy.url}/echo", keys.auth("k"), sent, stop,
+            steady_load(session, f"{proxy.url}/echo", keys.auth("k"), sent, stop,
                         hold=hold, held=held))
         await asyncio.sleep(2)
         # Tansu acknowledges from memory: what it holds dies with it. So the load
@@ -128,7 +128,7 @@ async def test_broker_outage_under_load_loses_no_event(
         landed = [order[r[0]] for r in rows]
         assert landed == sorted(landed), f"events were published out of order: {landed}"
 
-        _, _, text = await fetch(fsession, "GET", f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+        _, _, text = await fetch(session, "GET", f"http://127.0.0.1:{proxy.metrics_port}/metrics")
         assert metric(text.decode(), "rateguard_events_dropped_total") == 0
         assert not list(spool_dir.glob("*.ndjson")), "the spool drains after recovery"
         assert proxy.proc.poll() is None
@@ -142,18 +142,18 @@ async def test_broker_outage_under_load_loses_no_event(
 
 
 async def test_past_the_spool_cap_drops_are_counted_and_logged(
-        workdir, start_proxy, fupstream, fsession):
+        workdir, start_proxy, upstream, session):
     keys = Keys()
     config = {"workspaces": [{"id": "spoolcap", "apis": [
-        {"id": "api", "prefix": "/", "upstream": fupstream.url}], "keys": [keys.entry("k")]}]}
+        {"id": "api", "prefix": "/", "upstream": upstream.url}], "keys": [keys.entry("k")]}]}
     spool_dir = workdir / unique("spool-cap")
     proxy = start_proxy(config, "spoolcap", KAFKA_BROKERS=f"127.0.0.1:{free_port()}",
                         EVENT_QUEUE_SIZE="10", EVENT_SPOOL_DIR=str(spool_dir),
                         EVENT_SPOOL_MAX_BYTES="8192")
-    statuses = [(await fetch(fsession, "GET", f"{proxy.url}/x", headers=keys.auth("k")))[0]
+    statuses = [(await fetch(session, "GET", f"{proxy.url}/x", headers=keys.auth("k")))[0]
                 for _ in range(80)]
     assert statuses == [200] * 80
-    _, _, text = await fetch(fsession, "GET", f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+    _, _, text = await fetch(session, "GET", f"http://127.0.0.1:{proxy.metrics_port}/metrics")
     dropped = metric(text.decode(), "rateguard_events_dropped_total")
     assert dropped > 0
     on_disk = sum(p.stat().st_size for p in spool_dir.glob("*.ndjson"))

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.integration
 
 
 async def test_sigterm_under_load_fails_no_request_in_flight_and_loses_no_event(
-        start_proxy, fupstream, fsession, kafka_brokers, clickhouse_url):
+        start_proxy, upstream, session, kafka_brokers, clickhouse_url):
     topic = unique("rolling")
     brokers = tuple(kafka_brokers.split(","))
     clickhouse = await new_clickhouse(clickhouse_url)
     pipeline = await Pipeline(clickhouse, brokers, topic).start()
     keys = Keys()
     config = {"workspaces": [{"id": "rolling", "apis": [
-        {"id": "api", "prefix": "/", "upstream": fupstream.url}], "keys": [keys.entry("k")]}]}
+        {"id": "api", "prefix": "/", "upstream": upstream.url}], "keys": [keys.entry("k")]}]}
     proxy = start_proxy(config, "rolling", KAFKA_TOPIC=topic, PROXY_DRAIN_SECONDS="5")
     auth = keys.auth("k")
     stopping = asyncio.Event()
@@ -47,7 +47,7 @@ async def test_sigterm_under_load_fails_no_request_in_flight_and_loses_no_event(
     try:
         clients = [asyncio.ensure_future(client()) for _ in range(8)]
         await asyncio.sleep(0.5)
-        slow = [asyncio.ensure_future(fetch(fsession, "GET", f"{proxy.url}/slow?s=1.5",
+        slow = [asyncio.ensure_future(fetch(session, "GET", f"{proxy.url}/slow?s=1.5",
                                             headers=auth)) for _ in range(20)]
         await asyncio.sleep(0.5)  # the slow ones are now in flight at the upstream
         sent_before = len(fast)
@@ -55,7 +55,7 @@ async def test_sigterm_under_load_fails_no_request_in_flight_and_loses_no_event(
         signalled = time.monotonic()
         await asyncio.sleep(0.1)
         status, _, body = await fetch(
-            fsession, "GET", f"http://127.0.0.1:{proxy.metrics_port}/readyz")
+            session, "GET", f"http://127.0.0.1:{proxy.metrics_port}/readyz")
         assert status == 503 and orjson.loads(body)["draining"] is True
 
         results = await asyncio.gather(*slow)

@@ -58,13 +58,13 @@ def test_ssrf_guard_refuses_the_upstream_with_one_line(tmp_path, upstream, env):
 
 
 async def test_private_upstreams_allowed_in_production_only_when_set(
-        start_proxy, fupstream, fsession):
+        start_proxy, upstream, session):
     keys = Keys()
     config = {"workspaces": [{"id": "private", "apis": [
-        {"id": "api", "prefix": "/", "upstream": fupstream.url}], "keys": [keys.entry("k")]}]}
+        {"id": "api", "prefix": "/", "upstream": upstream.url}], "keys": [keys.entry("k")]}]}
     proxy = start_proxy(config, "private", RATEGUARD_ENV="production",
                         ALLOW_PRIVATE_UPSTREAMS="true")
-    status, _, _ = await fetch(fsession, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
+    status, _, _ = await fetch(session, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
     assert status == 200
 
     # A live edit to a metadata address is refused; the last good config keeps serving.
@@ -74,12 +74,12 @@ async def test_private_upstreams_allowed_in_production_only_when_set(
     while "config reload failed" not in proxy.log() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert "169.254.169.254 is link-local" in proxy.log()
-    status, _, _ = await fetch(fsession, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
+    status, _, _ = await fetch(session, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
     assert status == 200
 
 
 async def test_secrets_never_appear_in_logs(
-        workdir, start_proxy, fupstream, fsession, kafka_brokers, clickhouse_url,
+        workdir, start_proxy, upstream, session, kafka_brokers, clickhouse_url,
         in_process_log):
     """A run that uses API keys every way a client can (header, X-API-Key, query
     string, revoked, unknown, malformed requests, errors upstream) and an upstream
@@ -94,7 +94,7 @@ async def test_secrets_never_appear_in_logs(
     dead = f"http://127.0.0.1:{free_port()}"
     config = {"workspaces": [{"id": "secrets", "policies": [
         {"id": "tiny", "limits": ["2/min"]}], "apis": [
-        {"id": "api", "prefix": "/", "upstream": fupstream.url,
+        {"id": "api", "prefix": "/", "upstream": upstream.url,
          "upstream_headers": {"X-Upstream-Token": upstream_secret}},
         {"id": "dead", "prefix": "/dead", "upstream": dead}],
         "keys": [keys.entry("good", policy="tiny"), keys.entry("revoked", revoked=True)]}]}
@@ -113,7 +113,7 @@ async def test_secrets_never_appear_in_logs(
                 ({"X-API-Key": unknown}, f"/dead/x?key={unknown}"),
                 ({"Authorization": f"Bearer {good}"}, "/a/../etc/passwd"),
         ]:
-            status, response_headers, _ = await fetch(fsession, "GET", f"{proxy.url}{path}",
+            status, response_headers, _ = await fetch(session, "GET", f"{proxy.url}{path}",
                                                       headers=headers)
             assert status < 500 or path.startswith("/dead")
             ids.append(response_headers["X-Request-Id"])
@@ -138,7 +138,7 @@ async def test_secrets_never_appear_in_logs(
 
 
 async def test_a_name_resolving_to_a_refused_address_is_refused_at_connect_time(
-        start_proxy, fupstream, fsession):
+        start_proxy, upstream, session):
     """DNS rebinding: the config names a host that passes the config check, but it
     resolves to loopback, which production refuses. The proxy checks the resolved
     address and connects only to the address it checked."""
@@ -152,9 +152,9 @@ async def test_a_name_resolving_to_a_refused_address_is_refused_at_connect_time(
         f"this test needs the hostname to resolve to a private address, got {resolved}"
     keys = Keys()
     config = {"workspaces": [{"id": "rebind", "apis": [
-        {"id": "a", "prefix": "/", "upstream": f"http://{name}:{fupstream.port}"}],
+        {"id": "a", "prefix": "/", "upstream": f"http://{name}:{upstream.port}"}],
         "keys": [keys.entry("k")]}]}
     proxy = start_proxy(config, "rebind", RATEGUARD_ENV="production")
-    status, _, body = await fetch(fsession, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
+    status, _, body = await fetch(session, "GET", f"{proxy.url}/x", headers=keys.auth("k"))
     assert status == 502
     assert "refused" in orjson.loads(body)["message"]

@@ -3,16 +3,12 @@ from __future__ import annotations
 import time
 import uuid
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
-from rateguard.analytics.worker import AnalyticsWorker
 from rateguard.embedded.servers import free_port
-from rateguard.events.topics import ensure_topic
-from rateguard.settings import Settings
 from rateguard.snapshot.keys import hash_key, new_key
-from tests.servers import ProxyProcess, Upstream
+from tests.servers import ProxyProcess, analytics_worker
 
 
 class Keys:
@@ -42,27 +38,9 @@ def env(redis_url, kafka_brokers, clickhouse_url, topic, clickhouse_db):
 
 
 @pytest_asyncio.fixture(scope="session")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture(scope="session")
 async def analytics(env):
-    settings = Settings.from_env(env)
-    await ensure_topic(settings.KAFKA_BROKERS, settings.KAFKA_TOPIC)
-    worker = AnalyticsWorker(settings)
-    await worker.start()
-    yield worker
-    await worker.stop()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def session():
-    async with aiohttp.ClientSession(auto_decompress=False) as client:
-        yield client
+    async with analytics_worker(env) as worker:
+        yield worker
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import zlib
 
 import aiohttp
 import pytest
-import redis
 
 from rateguard.embedded.cluster import EmbeddedValkeyCluster
 from tests.integration.conftest import Keys, unique
