@@ -10,9 +10,9 @@ task lingers ``linger_ms`` (or until ROUND_EVENTS events are queued, whichever c
 first), seals what is pending, and hands the parts to aiokafka's producer as JSON-array
 records. A produce round costs the proxy's loop about 0.3 ms whatever it carries, in
 several slices that each delay the requests arriving meanwhile: fewer, fuller rounds
-are what keeps them out of the latency tail, and the size bound keeps the longest slice
-(compressing the batch, ~0.6 us an event) short. Parts a failed send leaves undelivered go back to the
-head of the queue and are retried with backoff.
+keep them out of the latency tail, and the size bound keeps the longest slice
+(compressing the batch, ~0.6 us an event) near a millisecond. Parts a failed send
+leaves undelivered go back to the head of the queue and are retried with backoff.
 
 With a spool (``EVENT_SPOOL_DIR``, see spool.py) nothing is lost to an outage that the
 spool's cap can hold: when the queue is full, new events go to the spool, and once
@@ -41,7 +41,7 @@ from rateguard.events.spool import Spool
 
 log = logging.getLogger(__name__)
 
-ROUND_EVENTS = 2000  # events queued: past this, send at once instead of lingering
+ROUND_EVENTS = 2000  # the most a produce round carries; this many queued end the linger
 DROP_LOG_SECONDS = 10.0  # at most one drop line per this interval (with a count)
 
 
