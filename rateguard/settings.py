@@ -60,18 +60,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _busy_poll(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= MAX_BUSY_POLL_US:
-        raise ValueError(f"must be 0 (off) to {MAX_BUSY_POLL_US} microseconds")
-    return number
+def _int_between(low: int, high: int, message: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(message)
+        return number
+
+    return parse
 
 
-def _port(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= 65535:
-        raise ValueError("must be a port number (0-65535)")
-    return number
+_port = _int_between(0, 65535, "must be a port number (0-65535)")
+_busy_poll = _int_between(0, MAX_BUSY_POLL_US,
+                          f"must be 0 (off) to {MAX_BUSY_POLL_US} microseconds")
 
 
 def _positive_float(value: str) -> float:
