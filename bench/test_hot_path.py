@@ -11,7 +11,7 @@ from rateguard.limiter.redis_client import RedisClient
 from rateguard.limiter.redis_store import RedisStore
 from rateguard.proxy import headers as h
 from rateguard.proxy.gateway import Gateway, extract_key
-from rateguard.proxy.limiting import Limiter
+from rateguard.limiter import Limiter
 from rateguard.proxy.routing import host_of, match, safe_path
 from rateguard.snapshot.keys import hash_key
 

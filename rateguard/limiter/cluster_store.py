@@ -15,11 +15,18 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    ClusterDownError, NoPermissionError, NoScriptError, ReadOnlyError, RedisClusterException,
+    RedisError, ResponseError, TryAgainError)
 
-from rateguard.errors import LimiterUnavailable
+from rateguard.errors import LimitCallFailed, LimiterUnavailable
 from rateguard.limiter.policy import Decision, Policy, decision_from_reply
 from rateguard.limiter.redis_store import SCRIPT, SCRIPT_SHA
+from rateguard.limiter.store import server_wide
+
+
+# redis-py's classes for the replies that concern the shard (it strips their codes).
+_SHARD_WIDE = (ClusterDownError, ReadOnlyError, TryAgainError, NoPermissionError)
 
 
 def cluster_url(url: str) -> str:
@@ -68,6 +75,14 @@ class ClusterStore:
                 reply = await self.cluster.evalsha(SCRIPT_SHA, *args)
             except NoScriptError:  # e.g. a node that joined or restarted since load()
                 reply = await self.cluster.eval(SCRIPT, *args)
+        except ResponseError as exc:
+            # The shard answered. An error about this call (a script error, WRONGTYPE,
+            # OOM) fails this request alone; one about the shard (READONLY during a
+            # failover, CLUSTERDOWN, LOADING) is the shard being unavailable.
+            if not (isinstance(exc, _SHARD_WIDE) or server_wide(str(exc))):
+                raise LimitCallFailed(str(exc)) from None
+            self._down[shard] = time.monotonic() + self.probe_interval
+            raise LimiterUnavailable(f"redis cluster shard {shard}: {exc}") from None
         except Exception as exc:
             # Not only RedisError: under a node failure redis-py can also raise from a
             # connection torn down mid-write (AttributeError on a closed transport).

@@ -78,7 +78,7 @@ class MemoryStore:
             if retry is not None:
                 allowed = False
                 if best is None or best[0] is None or retry > best[0]:
-                    best = (retry, i, 0, reset)
+                    best = (retry, i, 0, retry)  # on a refusal, reset = retry-after
             elif allowed and (best is None or remaining < best[2]):
                 best = (None, i, remaining, reset)
         if allowed:

@@ -26,7 +26,23 @@ _UNITS_MS = {
     "h": 3_600_000, "hour": 3_600_000, "hours": 3_600_000,
     "d": 86_400_000, "day": 86_400_000, "days": 86_400_000,
 }
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+# ASCII digits only (``\d`` would take other scripts' digits, which ``int`` accepts); the
+# whole text is at most MAX_LIMIT_TEXT characters, so ``int`` never meets a huge number.
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$", re.ASCII)
+
+# The bounds every limit is checked against, wherever it comes from (management API,
+# dashboard, YAML, PostgreSQL rows, settings). They keep every figure the Lua script
+# returns well inside a 64-bit integer (Redis truncates Lua numbers to one), the
+# counts exact in Lua's doubles, and one key's memory bounded; the README's "Rate-limit
+# semantics" section states them.
+MAX_COUNT = 1_000_000_000
+MIN_WINDOW_MS = 100
+MAX_WINDOW_MS = 366 * 86_400_000
+MAX_LIMITS = 10
+# sliding_log keeps one sorted-set entry per admitted request for a whole window:
+# about 100 bytes each in Valkey (measured: see README), so 100,000 is ~10 MB per key.
+MAX_LOG_COUNT = 100_000
+MAX_LIMIT_TEXT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +62,23 @@ class Limit:
 
 
 def parse_limit(text: str) -> Limit:
-    """``"100/s"``, ``"5000/h"``, ``"10/5m"``, ``"20/minute"`` -> Limit."""
-    match = _LIMIT.match(str(text).lower())
+    """``"100/s"``, ``"5000/h"``, ``"10/5m"``, ``"20/minute"`` -> Limit, within the bounds
+    above (the one validator of limits: every source of policies calls it)."""
+    if not isinstance(text, str) or len(text) > MAX_LIMIT_TEXT:
+        raise ConfigError(f"limit {str(text)[:MAX_LIMIT_TEXT]!r}: expected <count>/<window>, "
+                          "e.g. 100/s or 5000/h")
+    match = _LIMIT.match(text.lower())
     if not match:
         raise ConfigError(f"limit {text!r}: expected <count>/<window>, e.g. 100/s or 5000/h")
     count, multiple, unit = int(match[1]), match[2], match[3]
     if unit not in _UNITS_MS:
         raise ConfigError(f"limit {text!r}: unknown unit {unit!r} (use ms, s, m, h or d)")
     window = _UNITS_MS[unit] * (int(multiple) if multiple else 1)
-    if count <= 0 or window <= 0:
-        raise ConfigError(f"limit {text!r}: count and window must be positive")
+    if not 1 <= count <= MAX_COUNT:
+        raise ConfigError(f"limit {text!r}: count must be between 1 and {MAX_COUNT:,}")
+    if not MIN_WINDOW_MS <= window <= MAX_WINDOW_MS:
+        raise ConfigError(f"limit {text!r}: window must be between {MIN_WINDOW_MS} ms "
+                          "and 366 days")
     return Limit(count, window)
 
 
@@ -72,17 +95,16 @@ class Policy:
     header: str = field(init=False, default="")
     header_bytes: bytes = field(init=False, default=b"")
     script_args: tuple = field(init=False, default=())
-    # The Redis store's cache of packed commands for this policy (see redis_store.py).
-    commands: dict = field(init=False, default_factory=dict, compare=False, hash=False,
-                           repr=False)
-    # Scope values Redis refused, with the local time before which it will refuse again
-    # (see proxy/limiting.py).
-    denied: dict = field(init=False, default_factory=dict, compare=False, hash=False,
-                         repr=False)
+    # Everything that decides this policy's Redis keys and script arguments, as one
+    # string: the stores and the limiter key their per-policy caches by it, so a policy
+    # edited in place (same id, other limits) never meets the old entries.
+    fingerprint: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         if not self.limits:
             raise ConfigError(f"policy {self.id!r}: needs at least one limit")
+        if len(self.limits) > MAX_LIMITS:
+            raise ConfigError(f"policy {self.id!r}: at most {MAX_LIMITS} limits")
         for name, value, allowed in (
             ("scope", self.scope, SCOPES),
             ("mode", self.mode, MODES),
@@ -92,6 +114,17 @@ class Policy:
             if value not in allowed:
                 raise ConfigError(
                     f"policy {self.id!r}: {name} {value!r} is not one of {', '.join(allowed)}")
+        for limit in self.limits:
+            if not isinstance(limit, Limit) or not (
+                    1 <= limit.count <= MAX_COUNT
+                    and MIN_WINDOW_MS <= limit.window_ms <= MAX_WINDOW_MS):
+                raise ConfigError(f"policy {self.id!r}: limit {limit} is out of range "
+                                  f"(count 1 to {MAX_COUNT:,}, window 100 ms to 366 days)")
+            if self.algorithm == "sliding_log" and limit.count > MAX_LOG_COUNT:
+                raise ConfigError(
+                    f"policy {self.id!r}: limit {limit}: sliding_log keeps one entry per "
+                    f"admitted request, so its count is at most {MAX_LOG_COUNT:,} (about "
+                    "10 MB of Redis per key); use sliding_window for larger limits")
         windows = [limit.window_ms for limit in self.limits]
         if len(set(windows)) != len(windows):
             raise ConfigError(f"policy {self.id!r}: two limits share a window")
@@ -101,15 +134,30 @@ class Policy:
         for limit in self.limits:
             args += [limit.count, limit.window_ms]
         object.__setattr__(self, "script_args", tuple(args))
+        object.__setattr__(self, "fingerprint", "|".join(
+            (self.key_prefix(""), *map(str, args))))
 
     @property
     def shadow(self) -> bool:
         return self.mode == "shadow"
 
+    def key_prefix(self, scope_value: str) -> str:
+        """``rg:{<workspace>}:rl:<policy>:<algorithm>:<scope>:<value>:``. The algorithm
+        and the scope are part of the name: an edit that changes either starts on fresh
+        keys (the old ones expire by their TTL), so no call ever meets another
+        algorithm's data type (WRONGTYPE) or another scope's counts. An edit of the
+        counts keeps the keys, and with them what was already counted."""
+        return (f"rg:{{{self.workspace_id}}}:rl:{self.id}:"
+                f"{SCRIPT_ALGORITHM[self.algorithm]}:{self.scope}:{scope_value}:")
+
     def redis_keys(self, scope_value: str) -> list[str]:
-        """The counters of this policy for one scope value, one per limit."""
-        prefix = f"rg:{{{self.workspace_id}}}:rl:{self.id}:{scope_value}:"
-        return [prefix + limit.window_label for limit in self.limits]
+        """The keys of this policy for one scope value: one counter per limit, and for
+        ``sliding_log`` a last key, the sequence that names its entries."""
+        prefix = self.key_prefix(scope_value)
+        keys = [prefix + limit.window_label for limit in self.limits]
+        if self.algorithm == "sliding_log":
+            keys.append(prefix + "seq")
+        return keys
 
 
 def policy_header(limits: tuple[Limit, ...]) -> str:
@@ -136,6 +184,11 @@ class Decision:
 
     @property
     def reset_seconds(self) -> int:
+        """``RateLimit-Reset``. On a refusal it is ``Retry-After``, to the second: the
+        quota this request needs is back exactly then, and the two headers of one 429
+        never disagree."""
+        if not self.allowed:
+            return self.retry_after_seconds
         reset_ms = self.reset_ms
         return -(-reset_ms // 1000) if reset_ms > 0 else 0
 

@@ -125,6 +125,11 @@ class RedisClient:
     def _where(self) -> str:
         return self._unix or f"{self._host}:{self._port}"
 
+    @property
+    def where(self) -> str:
+        """The server's address for messages (never the password in the URL)."""
+        return self._where()
+
     async def _ensure(self) -> _Protocol:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())

@@ -4,7 +4,7 @@
     client_address.py  who the client is behind a trusted ingress (pure)
     gateway.py         route -> authenticate -> limit  (no I/O but the limiter call)
     routing.py         host + longest path prefix -> API (pure)
-    limiting.py        the limiter with its failure modes and circuit breaker
+    ../limiter/        the limiter: circuit, failure modes, Redis stores, Lua script
     upstream.py        forward: pooled keep-alive connections, streamed both ways
     headers.py         hop-by-hop filtering, X-Forwarded-*, RateLimit-* (pure)
     metrics.py         Prometheus metrics, bounded labels

@@ -17,13 +17,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rateguard import limiter as limiting
 from rateguard.events.publisher import EventPublisher
-from rateguard.limiter.memory_store import MemoryStore
-from rateguard.limiter.redis_client import RedisClient
-from rateguard.limiter.redis_store import RedisStore
 from rateguard.proxy.gateway import Gateway
 from rateguard.proxy.http_server import ProxyServer
-from rateguard.proxy.limiting import Limiter
 from rateguard.proxy.metrics import ProxyMetrics
 from rateguard.proxy.upstream import UpstreamPool
 from rateguard.settings import Settings
@@ -85,14 +82,12 @@ class ProxyApp:
     async def start(self) -> None:
         settings = self.settings
         snapshot: Snapshot = await self.source.load()
-        timeout = settings.REDIS_TIMEOUT_MS / 1000.0
-        if settings.redis_cluster:
-            from rateguard.limiter.cluster_store import ClusterStore
-            store = ClusterStore(settings.REDIS_URL, timeout=timeout)
-        else:
-            store = RedisStore(RedisClient(settings.REDIS_URL, timeout=timeout))
-        limiter = Limiter(store, MemoryStore(),
-                          on_state=lambda up: self.metrics.redis_up.set(1 if up else 0))
+        store = limiting.connect(settings.REDIS_URL, cluster=settings.redis_cluster,
+                                 timeout=settings.REDIS_TIMEOUT_MS / 1000.0)
+        errors = self.metrics.limiter_errors
+        limiter = limiting.Limiter(
+            store, on_state=lambda up: self.metrics.redis_up.set(1 if up else 0),
+            on_error=lambda policy: errors.labels(policy.workspace_id).inc())
         await limiter.start()
         gateway = Gateway(snapshot, limiter, instance=self.instance)
 

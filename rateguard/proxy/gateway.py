@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 from rateguard.events.schema import Event
+from rateguard.limiter import Limiter
 from rateguard.limiter.policy import Policy
 from rateguard.proxy import headers as h
-from rateguard.proxy.limiting import Limiter
 from rateguard.proxy.routing import host_of, match, safe_path
 from rateguard.snapshot.keys import PREFIX, hash_key
 from rateguard.snapshot.model import Api, ApiKey, Snapshot

@@ -73,6 +73,12 @@ class ProxyMetrics:
                                  registry=registry)
         self.redis_up = Gauge("rateguard_redis_up", "1 when the limiter reaches Redis",
                               registry=registry)
+        # Labelled by workspace (bounded by the number of workspaces, not by clients):
+        # an error answer to one limiter call is that workspace's problem alone.
+        self.limiter_errors = Counter(
+            "rateguard_limiter_errors", "Limiter calls Redis answered with an error (script "
+            "error, WRONGTYPE, OOM); each request used its policy's failure mode",
+            ["workspace"], registry=registry)
         self.inflight = Gauge("rateguard_inflight_requests", "Requests being served",
                               registry=registry)
         self.redis_up.set(1)

@@ -36,8 +36,8 @@ def login_policies(per_ip: str, per_email: str) -> tuple[Policy, Policy]:
 
 
 class LoginThrottle:
-    """``limiter`` is anything with ``async check(policy, scope) -> Decision | None``: the
-    proxy's Limiter on Redis, or a MemoryStore."""
+    """``limiter`` is anything with ``async check(policy, scope) -> Decision | None``: a
+    Limiter on Redis, or a MemoryStore."""
 
     def __init__(self, limiter, per_ip: str = "30/min", per_email: str = "10/min") -> None:
         self.limiter = limiter
@@ -64,15 +64,8 @@ async def throttle_ctx(app: web.Application, redis_url: str | None, cluster: boo
 
     limiter = MemoryStore()
     if redis_url:
-        from rateguard.proxy.limiting import Limiter
-        if cluster:
-            from rateguard.limiter.cluster_store import ClusterStore
-            store = ClusterStore(redis_url)
-        else:
-            from rateguard.limiter.redis_client import RedisClient
-            from rateguard.limiter.redis_store import RedisStore
-            store = RedisStore(RedisClient(redis_url))
-        limiter = Limiter(store, MemoryStore())
+        from rateguard.limiter import Limiter, connect
+        limiter = Limiter(connect(redis_url, cluster=cluster))
         await limiter.start()
     app[THROTTLE] = LoginThrottle(limiter, per_ip, per_email)
     yield

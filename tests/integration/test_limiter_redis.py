@@ -55,10 +55,12 @@ async def test_scope_values_count_separately_and_keys_are_hash_tagged(store, red
     assert (await store.check(p, "b")).allowed
     assert not (await store.check(p, "a")).allowed
     keys = await store.client.execute("KEYS", f"rg:{{{p.workspace_id}}}:rl:{p.id}:*")
+    prefix = f"rg:{{{p.workspace_id}}}:rl:{p.id}:log:key"
     assert sorted(k.decode() for k in keys) == [
-        f"rg:{{{p.workspace_id}}}:rl:{p.id}:a:60s", f"rg:{{{p.workspace_id}}}:rl:{p.id}:b:60s"]
-    ttl = await store.client.execute("PTTL", keys[0])
-    assert 0 < ttl <= 60_000
+        f"{prefix}:a:60s", f"{prefix}:a:seq", f"{prefix}:b:60s", f"{prefix}:b:seq"]
+    for key in keys:
+        ttl = await store.client.execute("PTTL", key)
+        assert 0 < ttl <= 60_000
 
 
 async def test_a_rejecting_limit_consumes_nothing_from_the_others(store):
@@ -96,7 +98,7 @@ async def test_lua_and_memory_store_agree_within_one_window(store):
 async def test_refused_scope_values_are_refused_locally_until_retry_after(store):
     """The proxy's limiter remembers a refusal until its retry-after: no Redis call,
     and the limit stays exact (it admits again as soon as Redis would)."""
-    from rateguard.proxy.limiting import Limiter
+    from rateguard.limiter import Limiter
 
     limiter = Limiter(store, MemoryStore())
     p = policy("2/s")

@@ -1,6 +1,7 @@
 """Gateway.authenticate with its per-value caches: a snapshot change (a key revoked
 or added) takes effect at once, and only short values are kept."""
 
+import pytest
 import yaml
 
 from rateguard.limiter.policy import Decision, parse_limit
@@ -50,10 +51,18 @@ def test_long_values_are_looked_up_but_not_kept():
 
 def test_decision_seconds_round_up():
     limit = parse_limit("10/min")
-    assert Decision(False, limit, 0, 0, 0).reset_seconds == 0
-    assert Decision(False, limit, 0, 1, 1).reset_seconds == 1
-    assert Decision(False, limit, 0, 1000, 1000).reset_seconds == 1
-    assert Decision(False, limit, 0, 1001, 1001).reset_seconds == 2
+    assert Decision(True, limit, 5, 0, 0).reset_seconds == 0
+    assert Decision(True, limit, 5, 1, 0).reset_seconds == 1
+    assert Decision(True, limit, 5, 1000, 0).reset_seconds == 1
+    assert Decision(True, limit, 5, 1001, 0).reset_seconds == 2
+    assert Decision(True, limit, 5, -5, 0).reset_seconds == 0
     assert Decision(False, limit, 0, 0, 0).retry_after_seconds == 1
     assert Decision(False, limit, 0, 0, 2001).retry_after_seconds == 3
-    assert Decision(False, limit, 0, -5, -5).reset_seconds == 0
+
+
+@pytest.mark.parametrize("reset_ms,retry_ms", [
+    (0, 0), (1, 1), (51_000, 53_001), (30_500, 1_200), (-5, 999), (60_000, 1_000)])
+def test_a_refusal_says_the_same_second_in_reset_and_retry_after(reset_ms, retry_ms):
+    """One 429 must not say "reset in 51 s" and "retry after 54 s"."""
+    d = Decision(False, parse_limit("10/min"), 0, reset_ms, retry_ms)
+    assert d.reset_seconds == d.retry_after_seconds == max(1, -(-retry_ms // 1000))

@@ -22,7 +22,8 @@ def test_parse_limit_rejects(text):
 def test_policy_header_and_keys():
     p = Policy("p1", "ws", (parse_limit("100/s"), parse_limit("5000/h")))
     assert p.header == "100;w=1, 5000;w=3600"
-    assert p.redis_keys("key-1") == ["rg:{ws}:rl:p1:key-1:1s", "rg:{ws}:rl:p1:key-1:3600s"]
+    assert p.redis_keys("key-1") == ["rg:{ws}:rl:p1:sw:key:key-1:1s",
+                                     "rg:{ws}:rl:p1:sw:key:key-1:3600s"]
     assert p.script_args == ("sw", 1, 100, 1000, 5000, 3_600_000)
 
 
@@ -42,4 +43,4 @@ def test_decision_from_reply():
     p = Policy("p", "ws", (parse_limit("10/s"), parse_limit("100/min")))
     d = decision_from_reply(p, [0, 2, 0, 30_500, 1_200])
     assert not d.allowed and d.limit == parse_limit("100/min")
-    assert d.reset_seconds == 31 and d.retry_after_seconds == 2
+    assert d.reset_seconds == 2 and d.retry_after_seconds == 2  # a refusal: both agree

@@ -1,8 +1,10 @@
 --[[
 RateGuard limiter: every limit of one policy, evaluated atomically in one call.
 
-KEYS[i]   the counter of limit i: rg:{<workspace>}:rl:<policy>:<scope value>:<window>
+KEYS[i]   the counter of limit i (i = 1..n):
+          rg:{<workspace>}:rl:<policy>:<algorithm>:<scope>:<scope value>:<window>
           (one hash tag per workspace, so a policy's keys share a Redis Cluster slot)
+KEYS[n+1] sliding_log only: the sequence that names its entries (<...>:seq)
 ARGV[1]   algorithm: "sw" (sliding window, weighted two-window counter) or "log" (sliding log)
 ARGV[2]   cost of this request (normally 1)
 ARGV[2+2i-1], ARGV[2+2i]   limit i: maximum count, window length in milliseconds
@@ -10,24 +12,35 @@ ARGV[2+2i-1], ARGV[2+2i]   limit i: maximum count, window length in milliseconds
 Time is the server's (TIME), never a proxy's clock. The request is admitted only if
 every limit admits it; when any limit rejects, nothing is written (nothing consumed).
 
+sliding_log entries: score = the admission's time in whole microseconds (exact in a
+double until the year 2255), member = that time as TIME printed it, zero-padded, then
+':' and a number from the per-scope sequence (INCRBY cost). The sequence alone makes
+every member of a key unique, whatever the clock does and whatever the cost; the time
+in front keeps members unique even if the sequence key alone were lost (evicted), as
+the clock would have to return to the same microsecond. No number is ever turned into
+text by Lua's own conversion (14 significant digits, which once gave members a 100 us
+resolution and let two admissions share one entry).
+
 Returns {allowed (1/0), index of the deciding limit (1-based), remaining,
          reset in ms, retry-after in ms (0 when allowed)}.
 The deciding limit is the rejecting one with the longest wait, or, when admitted,
-the one with the fewest remaining requests.
+the one with the fewest remaining requests. On a rejection reset = retry-after.
 ]]
 
 local algorithm = ARGV[1]
 local cost = tonumber(ARGV[2])
 local t = redis.call('TIME')
+local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = now_us / 1000  -- milliseconds, with microsecond fraction
 
-local n = #KEYS
+local n = (#ARGV - 2) / 2
 local allowed = 1
 local best = 1
 local best_remaining = nil
 local best_reset = 0
 local best_retry = -1
+local longest = 0
 -- per-limit state computed in phase 1, written in phase 2
 local state = {}
 
@@ -36,6 +49,7 @@ for i = 1, n do
   local window = tonumber(ARGV[2 + 2 * i])
   local key = KEYS[i]
   local used, reset, retry
+  if window > longest then longest = window end
 
   if algorithm == 'sw' then
     -- one hash per limit: idx = current window number, cur/prev = counts
@@ -68,16 +82,26 @@ for i = 1, n do
       end
     end
   else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local window_us = window * 1000
+    -- an entry counts while now - window < its time <= now
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_us - window_us)
     used = redis.call('ZCARD', key)
-    state[i] = {used, window}
+    state[i] = window
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if oldest[2] then reset = tonumber(oldest[2]) + window - now else reset = window end
+    if oldest[2] then
+      reset = (tonumber(oldest[2]) + window_us - now_us) / 1000
+    else
+      reset = window
+    end
     if used + cost > limit then
       -- the entry whose expiry leaves room for this request
       local pos = used + cost - limit - 1
       local entry = redis.call('ZRANGE', key, pos, pos, 'WITHSCORES')
-      retry = tonumber(entry[2]) + window - now
+      if entry[2] then
+        retry = (tonumber(entry[2]) + window_us - now_us) / 1000
+      else
+        retry = window  -- cost above the limit: never admitted; say "a window"
+      end
     end
   end
 
@@ -85,7 +109,7 @@ for i = 1, n do
   if retry then
     allowed = 0
     if retry > best_retry then
-      best, best_retry, best_reset, best_remaining = i, retry, reset, 0
+      best, best_retry, best_reset, best_remaining = i, retry, retry, 0
     end
   elseif allowed == 1 and (best_remaining == nil or remaining < best_remaining) then
     best, best_reset, best_remaining = i, reset, remaining
@@ -93,17 +117,22 @@ for i = 1, n do
 end
 
 if allowed == 1 then
-  for i = 1, n do
-    local key = KEYS[i]
-    local s = state[i]
-    if algorithm == 'sw' then
-      redis.call('HSET', key, 'i', s[1], 'c', s[2] + cost, 'p', s[3])
-      redis.call('PEXPIRE', key, 2 * s[4])
-    else
+  if algorithm == 'sw' then
+    for i = 1, n do
+      local s = state[i]
+      redis.call('HSET', KEYS[i], 'i', s[1], 'c', s[2] + cost, 'p', s[3])
+      redis.call('PEXPIRE', KEYS[i], 2 * s[4])
+    end
+  else
+    local sequence = KEYS[n + 1]
+    local last = redis.call('INCRBY', sequence, cost)
+    redis.call('PEXPIRE', sequence, longest)
+    for i = 1, n do
+      local key = KEYS[i]
       for c = 1, cost do
-        redis.call('ZADD', key, now, now_us .. ':' .. (s[1] + c))
+        redis.call('ZADD', key, stamp, stamp .. ':' .. string.format('%d', last - cost + c))
       end
-      redis.call('PEXPIRE', key, s[2])
+      redis.call('PEXPIRE', key, state[i])
     end
   end
   best_retry = 0
