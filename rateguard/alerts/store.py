@@ -286,13 +286,17 @@ class AlertStore:
         clean = rule(body)
         rule_id = new_id("rule")
         async with self.pool.acquire() as conn, conn.transaction():
+            # FOR KEY SHARE: the API and channels stay until this rule is committed; a
+            # concurrent delete waits (then removes the rule, or the channel from it) or
+            # came first and they are not found here (422), never a foreign-key error.
             if clean["api_id"] is not None and not await conn.fetchval(
-                    "SELECT 1 FROM apis WHERE workspace_id = $1 AND id = $2",
+                    "SELECT 1 FROM apis WHERE workspace_id = $1 AND id = $2 FOR KEY SHARE",
                     workspace_id, clean["api_id"]):
                 raise Invalid("api_id", "no such API in this workspace")
             found = await conn.fetch(
                 "SELECT id FROM notification_channels WHERE workspace_id = $1"
-                " AND id = ANY($2)", workspace_id, clean["channel_ids"])
+                " AND id = ANY($2) ORDER BY id FOR KEY SHARE", workspace_id,
+                clean["channel_ids"])
             missing = set(clean["channel_ids"]) - {r["id"] for r in found}
             if missing:
                 raise Invalid("channel_ids", f"no such channel in this workspace: "

@@ -8,6 +8,7 @@ the snapshot's ``Upstream.parse``: what passes here is what the proxy can load.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from rateguard.db.errors import Invalid
 from rateguard.errors import ConfigError
 from rateguard.limiter.policy import ALGORITHMS, FAILURE_MODES, MODES, SCOPES, Policy, parse_limit
+from rateguard.proxy.routing import safe_path
 from rateguard.snapshot.model import Upstream
 
 ROLES = ("owner", "admin", "viewer")
@@ -100,6 +102,10 @@ def timestamp(body: dict, name: str) -> datetime | None:
         raise Invalid(name, "must be an ISO 8601 timestamp such as 2030-01-01T00:00:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
+    try:  # 9999-12-31T23:59:59-05:00 is past the last instant a timestamp can hold
+        moment = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise Invalid(name, "is out of range: years 1 to 9999 in UTC") from None
     return moment
 
 
@@ -109,7 +115,8 @@ def positive_number(body: dict, name: str, *, integer: bool = False,
     if value is None:
         return None
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0 \
+            or (isinstance(value, float) and not math.isfinite(value)):
         raise Invalid(name, f"must be a positive {'integer' if integer else 'number'} or null")
     if maximum is not None and value > maximum:
         raise Invalid(name, f"must be at most {maximum:g}")
@@ -176,6 +183,9 @@ def api(body: Any, current: dict | None = None) -> dict:
     if not isinstance(prefix, str) or not _PREFIX.match(prefix) or ".." in prefix \
             or "//" in prefix or len(prefix) > 200:
         raise Invalid("prefix", "must be a path starting with '/' such as /orders")
+    if not safe_path(prefix):
+        raise Invalid("prefix", "must not hold '.' or '..' segments, also percent-encoded "
+                                "(/%2e%2e): the proxy refuses such paths, so it could never match")
     prefix = prefix.rstrip("/") or "/"
     upstream = merged.get("upstream_url")
     if not isinstance(upstream, str) or len(upstream) > 2000 or not upstream.isprintable():

@@ -137,7 +137,9 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
 
 
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+    from rateguard.web.server import JsonErrorsRunner  # unparseable requests get JSON 400s
+
+    runner = JsonErrorsRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

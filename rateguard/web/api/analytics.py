@@ -41,7 +41,13 @@ def _moment(ctx: Ctx, name: str) -> datetime | None:
         raise Invalid(name, "must be an ISO 8601 timestamp such as 2030-01-01T00:00:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is past the last representable instant
+        moment = None
+    if moment is None or not 2000 <= moment.year <= 9000:
+        raise Invalid(name, "must be between 2000-01-01 and 9000-12-31") from None
+    return moment
 
 
 class Window:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -116,6 +117,8 @@ class Ctx:
         raw = self.request.query.get(name)
         if raw is not None and not 1 <= len(raw) <= max_len:
             raise Invalid(name, f"must be 1 to {max_len} characters")
+        if raw is not None and (not raw.isprintable() or _has_surrogate(raw)):
+            raise Invalid(name, "must be printable text (no NUL or control characters)")
         return raw
 
 
@@ -158,9 +161,53 @@ async def _read_body(ctx: Ctx, operation: Operation) -> None:
         ctx.body = None
         return
     try:
-        ctx.body = json.loads(raw)
+        ctx.body = json.loads(raw, parse_constant=_non_finite)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ControlError("request body: not valid JSON") from None
+    try:
+        _check_values(ctx.body, "body")
+    except RecursionError:
+        raise ControlError("request body: nested too deeply") from None
+
+
+def _non_finite(constant: str) -> float:
+    """NaN, Infinity and -Infinity (which Python's json reads) become floats that
+    :func:`_check_values` then refuses naming the field."""
+    return float(constant.replace("Infinity", "inf"))
+
+
+def _has_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_values(value: Any, where: str) -> None:
+    """Refuse, anywhere in a JSON body, what no field can hold: numbers that are not
+    finite (NaN, Infinity, 1e999), strings with a NUL (PostgreSQL text cannot store one)
+    or a lone UTF-16 surrogate (\\ud800: not a character, cannot be encoded)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Invalid(where, "must be a finite number (NaN and Infinity are not accepted)")
+    elif isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_text(name, where)
+            _check_values(item, name if where == "body" else f"{where}.{name}")
+
+
+def _check_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise Invalid(where, "must not contain NUL characters (\\u0000)")
+    if _has_surrogate(value):
+        raise Invalid(where, "must be valid Unicode text (a lone surrogate such as \\ud800 "
+                             "is not a character)")
 
 
 def handler_for(operation: Operation):
