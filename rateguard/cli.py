@@ -540,6 +540,68 @@ def users_create(email: str, name: str, password: str | None, workspace_id: str 
 
 
 @main.group(cls=_Group)
+def hosts() -> None:
+    """Route ownership (needs DATABASE_URL): which workspace routes on which host.
+
+    A host belongs to one workspace: only its APIs route on it, and requests for it
+    never reach another workspace's any-host APIs. '*' stands for the any-host routes:
+    assigned, only that workspace may create them; unassigned (the default), workspaces
+    share them and none may take a prefix equal to, inside or above another's."""
+
+
+@hosts.command("assign")
+@click.argument("host")
+@click.argument("workspace_id")
+def hosts_assign(host: str, workspace_id: str) -> None:
+    """Give HOST ('*': the any-host routes) to WORKSPACE_ID. Refused while APIs of
+    another workspace route on it."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await repo.assign_host(Actor.cli(), host, workspace_id)
+
+    row = _run_result(main_())
+    click.echo(f"{row['host']} -> {row['workspace_id']}")
+
+
+@hosts.command("unassign")
+@click.argument("host")
+def hosts_unassign(host: str) -> None:
+    """Take HOST back: its APIs stay but stop routing until it is assigned again
+    ('*': the any-host routes are shared again)."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    from rateguard.db.repository import Actor
+
+    async def main_():
+        async with _repository(settings) as repo:
+            await repo.unassign_host(Actor.cli(), host)
+
+    _run_result(main_())
+    click.echo(f"{host.strip().lower()}: unassigned")
+
+
+@hosts.command("list")
+def hosts_list() -> None:
+    """Every assigned host and its workspace."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await repo.list_hosts()
+
+    rows = _run_result(main_())
+    from rateguard.analytics.report import table
+
+    click.echo(table(["host", "workspace", "assigned"], [
+        [r["host"], r["workspace_id"], _when(r["assigned_at"])] for r in rows]))
+
+
+@main.group(cls=_Group)
 def secrets() -> None:
     """Secrets at rest (ENCRYPTION_KEY)."""
 

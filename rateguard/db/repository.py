@@ -130,6 +130,30 @@ def audit_out(row) -> dict:
             "created_at": row["created_at"]}
 
 
+# -- route ownership (README "Security") -----------------------------------------------
+# Every change to who routes where runs under this transaction lock, so two workspaces
+# never both pass the checks below at once.
+ROUTES_LOCK = int.from_bytes(hashlib.sha256(b"rateguard routes").digest()[:8], "big") >> 1
+ANY_HOST = "*"  # route_hosts row for the any-host routes
+HOST_NOT_ASSIGNED = ("host: this host is not assigned to this workspace; an operator "
+                     "assigns hosts with `rateguard hosts assign HOST WORKSPACE`")
+ANY_HOST_RESERVED = ("host: routes for any host are reserved to another workspace on this "
+                     "instance; use a host assigned to this workspace")
+ROUTE_TAKEN = ("prefix: this path is already routed by another workspace (a prefix may "
+               "not be equal to, inside or above one of another workspace's any-host "
+               "prefixes); choose another prefix or a host assigned to this workspace")
+# Another workspace's any-host prefix equal to, above or below $2.
+_OVERLAPPING_ANY_HOST = (
+    "SELECT 1 FROM apis WHERE host IS NULL AND workspace_id <> $1 AND (prefix = $2"
+    " OR prefix = '/' OR $2 = '/' OR starts_with($2, prefix || '/')"
+    " OR starts_with(prefix, $2 || '/')) LIMIT 1")
+
+
+def host_owner_out(row) -> dict:
+    return {"host": row["host"], "workspace_id": row["workspace_id"],
+            "assigned_at": row["assigned_at"]}
+
+
 class Repository:
     def __init__(self, pool: asyncpg.Pool, keyring: KeyRing | None = None,
                  hasher: PasswordHasher | None = None) -> None:
@@ -520,6 +544,74 @@ class Repository:
         return {name: self.keyring.encrypt(value, header_aad(api_id, name))
                 for name, value in headers.items()}
 
+    async def _check_route(self, conn, workspace_id: str, host: str | None,
+                           prefix: str) -> None:
+        """Refuse a route that could take a request meant for another workspace's API.
+        A host route needs the host assigned to this workspace (in an install with one
+        workspace, routing on an unassigned host claims it). An any-host route needs the
+        any-host routes unreserved (or reserved to this workspace) and no other
+        workspace's any-host prefix equal to, above or below its own. The 409s never
+        name anything of another workspace."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ROUTES_LOCK)
+        owner = await conn.fetchval("SELECT workspace_id FROM route_hosts WHERE host = $1",
+                                    host or ANY_HOST)
+        if host is not None:
+            if owner == workspace_id:
+                return
+            if owner is None and not await conn.fetchval(
+                    "SELECT 1 FROM workspaces WHERE id <> $1 LIMIT 1", workspace_id):
+                await conn.execute("INSERT INTO route_hosts (host, workspace_id)"
+                                   " VALUES ($1, $2)", host, workspace_id)
+                return
+            raise Conflict(HOST_NOT_ASSIGNED, "host")
+        if owner is not None and owner != workspace_id:
+            raise Conflict(ANY_HOST_RESERVED, "host")
+        if await conn.fetchval(_OVERLAPPING_ANY_HOST, workspace_id, prefix):
+            raise Conflict(ROUTE_TAKEN, "prefix")
+
+    async def list_hosts(self) -> list[dict]:
+        """Every assigned host (operators only: names every workspace)."""
+        rows = await self.pool.fetch("SELECT * FROM route_hosts ORDER BY host")
+        return [host_owner_out(r) for r in rows]
+
+    async def assign_host(self, actor: Actor, host: str, workspace_id: str) -> dict:
+        """Give ``host`` ('*' for the any-host routes) to a workspace. Refused while
+        another workspace has APIs on it (the message names them: operators only)."""
+        host = validate.route_host(host)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ROUTES_LOCK)
+            if not await conn.fetchval("SELECT 1 FROM workspaces WHERE id = $1",
+                                       workspace_id):
+                raise NotFound(f"workspace {workspace_id} not found")
+            users = await conn.fetch(
+                "SELECT workspace_id, count(*) AS apis FROM apis"
+                " WHERE coalesce(host, '*') = $1 AND workspace_id <> $2"
+                " GROUP BY workspace_id ORDER BY workspace_id", host, workspace_id)
+            if users:
+                raise Conflict(f"{host} is routed by APIs of other workspaces ("
+                               + ", ".join(f"{r['workspace_id']}: {r['apis']}" for r in users)
+                               + "); delete or move them first")
+            row = await conn.fetchrow(
+                "INSERT INTO route_hosts (host, workspace_id) VALUES ($1, $2)"
+                " ON CONFLICT (host) DO UPDATE SET workspace_id = excluded.workspace_id,"
+                " assigned_at = now() RETURNING *", host, workspace_id)
+            await self._audit(conn, workspace_id, actor, "host.assign", "host", host)
+            await self._notify(conn, workspace_id, "host", host)
+        return host_owner_out(row)
+
+    async def unassign_host(self, actor: Actor, host: str) -> None:
+        """Take ``host`` back. Its APIs stay but stop routing until it is assigned again
+        (any-host: the any-host routes become shared again)."""
+        host = validate.route_host(host)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ROUTES_LOCK)
+            workspace_id = await conn.fetchval(
+                "DELETE FROM route_hosts WHERE host = $1 RETURNING workspace_id", host)
+            if workspace_id is None:
+                raise NotFound(f"{host} is not assigned")
+            await self._audit(conn, workspace_id, actor, "host.unassign", "host", host)
+            await self._notify(conn, workspace_id, "host", host)
+
     async def _write_api(self, conn, sql: str, *args):
         try:
             return await conn.fetchrow(sql, *args)
@@ -533,6 +625,7 @@ class Repository:
         sealed = self._seal_headers(api_id, clean.get("upstream_headers", {}))
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_policy_ref(conn, workspace_id, clean["policy_id"])
+            await self._check_route(conn, workspace_id, clean["host"], clean["prefix"])
             row = await self._write_api(
                 conn,
                 "INSERT INTO apis (id, workspace_id, name, host, prefix, upstream_url,"
@@ -556,6 +649,8 @@ class Repository:
             if "upstream_headers" in clean:
                 sealed = self._seal_headers(api_id, clean["upstream_headers"])
             await self._check_policy_ref(conn, workspace_id, clean["policy_id"])
+            if (clean["host"], clean["prefix"]) != (current["host"], current["prefix"]):
+                await self._check_route(conn, workspace_id, clean["host"], clean["prefix"])
             row = await self._write_api(
                 conn,
                 "UPDATE apis SET name = $3, host = $4, prefix = $5, upstream_url = $6,"

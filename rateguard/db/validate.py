@@ -213,6 +213,15 @@ def api(body: Any, current: dict | None = None) -> dict:
     return clean
 
 
+def route_host(value: Any) -> str:
+    """A host an operator assigns to a workspace (lowercase), or '*' for any host."""
+    host = value.strip().lower() if isinstance(value, str) else None
+    if host != "*" and (host is None or not _HOST.match(host)):
+        raise Invalid("host", "must be a host name such as api.example.com, or '*' for "
+                              "the any-host routes")
+    return host
+
+
 def upstream_headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}

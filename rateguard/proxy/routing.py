@@ -47,7 +47,9 @@ def match(routes: dict, host: str, path: str) -> tuple[Api, str] | None:
     """The API serving ``host`` + ``path`` and the path to send upstream (with the
     API's prefix stripped if it asks for it and the upstream's base path added).
     ``path`` excludes the query string; ``host`` is lowercase without a port.
-    Repeated slashes are collapsed first (see :func:`collapse_slashes`)."""
+    Repeated slashes are collapsed first (see :func:`collapse_slashes`).
+    A host table holding the key ``""`` is closed (a host owned by one workspace): a
+    path it does not route is not looked up among the any-host routes."""
     if "//" in path:
         path = collapse_slashes(path)
     for table in (routes.get(host), routes.get("")):
@@ -66,6 +68,8 @@ def match(routes: dict, host: str, path: str) -> tuple[Api, str] | None:
                 break
             cut = candidate.rfind("/")
             candidate = candidate[:cut] or "/"
+        if "" in table:
+            return None
     return None
 
 

@@ -188,21 +188,49 @@ class Snapshot:
     keys: tuple[ApiKey, ...] = ()
     policies: tuple[Policy, ...] = ()
     version: str = "0"
+    # Route ownership (PostgreSQL mode; None in YAML mode: the operator wrote every
+    # route): host -> workspace id, "*" for the any-host routes. An API routes only on a
+    # host its workspace owns (any host: "*" unowned or its own), and an owned host's
+    # table is closed: its requests never fall back to another workspace's any-host
+    # routes (the owner's own are copied into it).
+    host_owners: Mapping[str, str] | None = None
     # host (lowercase, no port) or "" -> {prefix: api}; routing walks a path's own
-    # prefixes, longest first, so its cost is the path's depth, not the API count
+    # prefixes, longest first, so its cost is the path's depth, not the API count.
+    # A closed host table holds the key "" (see routing.match).
     routes: dict = field(init=False, default_factory=dict)
+    # APIs left out of the routes: their workspace does not own their host
+    unrouted: tuple = field(init=False, default=())
     keys_by_hash: dict = field(init=False, default_factory=dict)
     policies_by_id: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         routes: dict[str, dict[str, Api]] = {}
+        owners = self.host_owners
+        unrouted = []
         for api in self.apis:
+            if owners is not None:
+                if api.host is None:
+                    owner = owners.get("*", api.workspace_id)  # unowned: shared
+                else:
+                    owner = owners.get(api.host.lower())
+                if owner != api.workspace_id:
+                    unrouted.append(api)
+                    continue
             table = routes.setdefault((api.host or "").lower(), {})
             if api.prefix in table:
                 raise ConfigError(
                     f"api {api.id!r}: route {api.host or '*'}{api.prefix} is taken twice")
             table[api.prefix] = api
+        for host, owner in (owners or {}).items():
+            if host == "*":
+                continue
+            table = routes.setdefault(host, {})
+            for prefix, api in routes.get("", {}).items():
+                if api.workspace_id == owner:
+                    table.setdefault(prefix, api)
+            table[""] = None
         object.__setattr__(self, "routes", routes)
+        object.__setattr__(self, "unrouted", tuple(unrouted))
         object.__setattr__(self, "keys_by_hash", {k.key_hash: k for k in self.keys})
         policies = {(p.workspace_id, p.id): p for p in self.policies}
         object.__setattr__(self, "policies_by_id", policies)

@@ -42,9 +42,18 @@ KEYS_SQL = ("SELECT id, workspace_id, key_hash, policy_id,"
             " AND (expires_at IS NULL OR expires_at > now() - interval '1 day') ORDER BY id")
 
 
-def build_snapshot(policies, apis, keys, keyring: KeyRing | None) -> Snapshot:
-    """Rows -> Snapshot; the version is a digest of what the rows say."""
+HOSTS_SQL = "SELECT host, workspace_id FROM route_hosts ORDER BY host"
+
+
+def build_snapshot(policies, apis, keys, keyring: KeyRing | None,
+                   hosts=()) -> Snapshot:
+    """Rows -> Snapshot; the version is a digest of what the rows say. ``hosts``:
+    route_hosts rows (route ownership, see Snapshot.host_owners)."""
     digest = hashlib.sha256()
+    owners = {}
+    for row in hosts:
+        digest.update(orjson.dumps([row["host"], row["workspace_id"]]))
+        owners[row["host"]] = row["workspace_id"]
     built_policies = []
     for row in policies:
         digest.update(orjson.dumps(list(row.values())))
@@ -81,7 +90,11 @@ def build_snapshot(policies, apis, keys, keyring: KeyRing | None) -> Snapshot:
         built_keys.append(ApiKey(
             id=row["id"], workspace_id=row["workspace_id"], key_hash=row["key_hash"],
             policy_id=row["policy_id"], expires_at=row["expires_at"]))
-    snapshot = Snapshot(tuple(built_apis), tuple(built_keys), tuple(built_policies))
+    snapshot = Snapshot(tuple(built_apis), tuple(built_keys), tuple(built_policies),
+                        host_owners=owners)
+    for api in snapshot.unrouted:
+        log.warning("config: api %s does not route: its workspace does not own host %s",
+                    api.id, api.host or "*")
     object.__setattr__(snapshot, "version", digest.hexdigest()[:12])
     return snapshot
 
@@ -92,7 +105,8 @@ async def fetch_snapshot(conn: asyncpg.Connection, keyring: KeyRing | None) -> S
         policies = await conn.fetch(POLICIES_SQL)
         apis = await conn.fetch(APIS_SQL)
         keys = await conn.fetch(KEYS_SQL)
-    return build_snapshot(policies, apis, keys, keyring)
+        hosts = await conn.fetch(HOSTS_SQL)
+    return build_snapshot(policies, apis, keys, keyring, hosts)
 
 
 class PgSource:

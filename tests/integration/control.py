@@ -80,6 +80,17 @@ class ControlPlane:
                 return response.status, await response.json()
             return response.status, None
 
+    async def assign_host(self, host: str, workspace_id: str) -> None:
+        """What `rateguard hosts assign HOST WORKSPACE` does (route ownership)."""
+        from rateguard.db.connection import create_pool
+        from rateguard.db.repository import Actor, Repository
+
+        pool = await create_pool(self.database_url, min_size=1, max_size=1)
+        try:
+            await Repository(pool).assign_host(Actor.cli(), host, workspace_id)
+        finally:
+            await pool.close()
+
     async def signup(self, prefix: str = "user", **extra) -> Account:
         email = f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
         password = "correct horse battery"

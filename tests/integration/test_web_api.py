@@ -275,6 +275,7 @@ async def test_a_policy_in_use_cannot_be_deleted(plane, owner):
 async def test_api_crud_keeps_upstream_credentials_secret(plane, owner):
     _, policy = await plane.call("POST", ws(owner, "/policies"), owner,
                                  json={"name": "api-policy", "limits": ["10/s"]})
+    await plane.assign_host("api.example.com", owner.workspace_id)  # other workspaces exist
     status, api = await plane.call("POST", ws(owner, "/apis"), owner, json={
         "name": "orders", "host": "API.Example.com", "prefix": "/orders/",
         "upstream_url": "http://orders.internal:8080/v1", "policy_id": policy["id"],
@@ -333,7 +334,12 @@ async def test_a_route_is_taken_once_across_workspaces(plane, owner):
     assert (await plane.call("POST", ws(owner, "/apis"), owner, json=body))[0] == 201
     status, error = await plane.call("POST", ws(other, "/apis"), other, json=body)
     assert (status, error["error"], error["field"]) == (409, "conflict", "prefix")
-    # The same prefix on a named host is another route.
+    # The same prefix on a named host is another route, once an operator gave the host
+    # to that workspace (until then it would shadow owner's any-host route there).
+    status, error = await plane.call("POST", ws(other, "/apis"), other,
+                                     json={**body, "host": "other.example.com"})
+    assert (status, error["field"]) == (409, "host")
+    await plane.assign_host("other.example.com", other.workspace_id)
     status, _ = await plane.call("POST", ws(other, "/apis"), other,
                                  json={**body, "host": "other.example.com"})
     assert status == 201
