@@ -9,6 +9,16 @@ collapse into one reload. A full reload also runs every ``reload_interval`` seco
 after the listening connection is lost and re-established, so a missed notification
 delays a change by at most that interval. A failed reload keeps the last good snapshot.
 
+PostgreSQL down: the proxy keeps serving its last snapshot (nothing on the request path
+touches the database). The lost listening connection is logged once; reconnection is
+retried with a short backoff (0.2 s doubling to ``MAX_BACKOFF``, with jitter so a fleet
+of proxies does not reconnect in step), each attempt logged at debug only, and the
+return is logged once with the outage's length. The reconnect is followed by a full
+reload, so a change made while the listener was away (or in the second after
+PostgreSQL came back) lands within about ``MAX_BACKOFF`` plus one reload. A reload has
+``RELOAD_TIMEOUT`` seconds: a server that stopped answering without closing the
+connection (a network partition) is dropped and reconnected, never waited on for ever.
+
 Revoked keys and keys expired for more than a day are left out: the proxy answers 401
 for a key it does not know, exactly as for a revoked one.
 """
@@ -18,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
+import time
 from typing import Callable
 
 import asyncpg
@@ -31,6 +43,10 @@ from rateguard.limiter.policy import Policy, parse_limit
 from rateguard.snapshot.model import Api, ApiKey, Snapshot, Upstream
 
 log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 1.0
+RELOAD_TIMEOUT = 10.0
 
 POLICIES_SQL = ("SELECT id, workspace_id, limits, scope, mode, algorithm, failure_mode"
                 " FROM policies ORDER BY id")
@@ -153,20 +169,35 @@ class PgSource:
         self._conn = None
 
     async def watch(self, apply: Callable[[Snapshot], None]) -> None:
-        backoff = 0.2
+        backoff = MIN_BACKOFF
+        lost_at: float | None = None  # monotonic time the listener went away
+        attempts = 0
         try:
             while True:
                 if self._conn is None or self._conn.is_closed():
                     await self._close()
                     try:
                         await self._listen()
-                        backoff = 0.2
-                        log.info("config: listening on %s", CHANNEL)
-                    except (OSError, asyncpg.PostgresError, RateGuardError) as exc:
-                        log.warning("config: cannot listen (%s); retrying in %.1fs", exc, backoff)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                            RateGuardError) as exc:
+                        attempts += 1
+                        if lost_at is None:
+                            lost_at = time.monotonic()
+                            log.warning("config: cannot listen on PostgreSQL (%s); serving "
+                                        "the last snapshot (version %s), reconnecting with "
+                                        "backoff", exc, self.version)
+                        else:
+                            log.debug("config: reconnect attempt %d failed: %s", attempts, exc)
+                        await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                        backoff = min(backoff * 2, MAX_BACKOFF)
                         continue
+                    if lost_at is not None:
+                        log.warning("config: listening on %s again after %.1fs without "
+                                    "PostgreSQL (%d failed attempts); reloading", CHANNEL,
+                                    time.monotonic() - lost_at, attempts)
+                    else:
+                        log.info("config: listening on %s", CHANNEL)
+                    backoff, lost_at, attempts = MIN_BACKOFF, None, 0
                     # Anything may have changed while we were not listening.
                     self._changed.set()
                 try:
@@ -176,6 +207,11 @@ class PgSource:
                     pass
                 self._changed.clear()
                 if self._conn is None or self._conn.is_closed():
+                    if lost_at is None:
+                        lost_at = time.monotonic()
+                        log.warning("config: lost the listening connection to PostgreSQL; "
+                                    "serving the last snapshot (version %s), reconnecting "
+                                    "with backoff", self.version)
                     continue
                 await self._reload(apply)
         finally:
@@ -183,12 +219,20 @@ class PgSource:
 
     async def _reload(self, apply: Callable[[Snapshot], None]) -> None:
         try:
-            snapshot = await fetch_snapshot(self._conn, self.keyring)
+            snapshot = await asyncio.wait_for(fetch_snapshot(self._conn, self.keyring),
+                                              RELOAD_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("config reload: PostgreSQL did not answer within %gs; dropping the "
+                        "connection and reconnecting", RELOAD_TIMEOUT)
+            self._conn.terminate()
+            return
         except (ConfigError, asyncpg.PostgresError, OSError) as exc:
+            if self._conn.is_closed():
+                return  # the connection went away mid-reload: logged once by watch()
             log.error("config reload failed, keeping the last good one: %s", exc)
             return
         except asyncpg.InterfaceError as exc:
-            log.warning("config reload: connection lost (%s)", exc)
+            log.debug("config reload: connection lost (%s)", exc)
             return
         self.reloads += 1
         if snapshot.version != self.version:

@@ -9,6 +9,12 @@ becomes an event in ClickHouse, so a job here reads, every ``usage_interval`` se
 the latest event time per key since its last pass and moves ``api_keys.last_used_at``
 forward (never back). It is idempotent, so running it in every web replica is safe;
 the value lags real use by at most the interval plus the analytics pipeline's delay.
+
+PostgreSQL down: every query goes through the bounded pool (db/connection.py), whose
+failures come out as DatabaseUnavailable; ``database_middleware`` answers those with
+503, ``Retry-After`` and a body naming the database (JSON under /api and the probes, the
+error page elsewhere) instead of a 500, and logs the outage once per
+``UNAVAILABLE_LOG_SECONDS`` rather than once per request.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from aiohttp import web
 
 from rateguard.crypto import KeyRing
 from rateguard.db.connection import create_pool
+from rateguard.db.errors import DatabaseUnavailable
 from rateguard.db.repository import Repository
 from rateguard.web.api.registry import (
     CLICKHOUSE, CLICKHOUSE_DB, REPO, TOKENS, add_routes, error_response, errors_middleware,
@@ -34,6 +41,48 @@ from rateguard.web.throttle import throttle_ctx
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+UNAVAILABLE_LOG_SECONDS = 10.0
+
+
+class _OutageLog:
+    """One warning per interval while the database is unreachable, with a count."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.suppressed = 0
+
+    def note(self, request: web.Request, exc: DatabaseUnavailable) -> None:
+        now = time.monotonic()
+        if now - self.last < UNAVAILABLE_LOG_SECONDS:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more requests answered 503 since the last line)" \
+            if self.suppressed else ""
+        log.warning("%s %s: 503, PostgreSQL unavailable (%s)%s", request.method, request.path,
+                    exc.detail, more)
+        self.last, self.suppressed = now, 0
+
+
+_OUTAGES = _OutageLog()
+
+
+@web.middleware
+async def database_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """PostgreSQL unreachable: 503 with Retry-After, never a 500 or a hang."""
+    try:
+        return await handler(request)
+    except DatabaseUnavailable as exc:
+        _OUTAGES.note(request, exc)
+        headers = {"Retry-After": str(exc.retry_after)}
+        if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
+            return error_response(exc.status, exc.code, exc.message, headers=headers)
+        from rateguard.web.pages.views import error_page
+
+        response = error_page(request, exc.status, "Database unavailable",
+                              "The dashboard cannot reach its database (PostgreSQL) right "
+                              f"now. Try again in {exc.retry_after} seconds.")
+        response.headers.update(headers)
+        return response
 
 
 class UsageJob:
@@ -83,7 +132,8 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
               secure_cookies: bool = False, redis_url: str | None = None,
               redis_cluster: bool = False,
               login_limits: tuple[str, str] = ("30/min", "10/min")) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware, database_middleware],
+                          client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
     app[CLICKHOUSE_DB] = clickhouse_database
     if clickhouse is not None:
@@ -121,6 +171,8 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
     async def readyz(request: web.Request) -> web.Response:
         try:
             await asyncio.wait_for(request.app[REPO].pool.fetchval("SELECT 1"), 2)
+        except DatabaseUnavailable as exc:
+            return error_response(503, "not_ready", "PostgreSQL: " + type(exc.__cause__).__name__)
         except Exception as exc:
             return error_response(503, "not_ready", f"PostgreSQL: {type(exc).__name__}")
         return web.json_response({"ready": True, "postgres": "up",

@@ -104,7 +104,7 @@ def error_page(request: web.Request, status: int, title: str, message: str,
     if view is not None:
         return view.render("error.html", status, title=title, message=message)
     return render(request, "error.html", status, view=None, title=title, message=message,
-                  csrf="")
+                  csrf="", done=None)
 
 
 def page(workspace: bool = True):
@@ -161,9 +161,7 @@ def _auth_page(request: web.Request, template: str, status: int = 200,
 
 
 def _safe_next(raw: str | None) -> str:
-    if raw and raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
-        return raw
-    return "/"
+    return safe_next(raw)  # same-origin paths only (rateguard/web/redirects.py)
 
 
 async def _start_session(request: web.Request, session: dict, target: str) -> web.Response:
