@@ -5,6 +5,10 @@ Everything runs in one transaction under a transaction-scoped advisory lock: two
 and the second finds nothing left to do. A failing file rolls back the whole run.
 Each applied file is recorded in schema_migrations with its checksum; a recorded file
 whose text changed since is reported, never re-applied.
+
+PostgreSQL going away mid-run (a restart, a failover) rolls the open transaction back
+on the server: nothing of this run is applied. The command says so in one line and
+asks to be run again; tests/faults/test_postgres_down.py kills the server mid-run.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 from importlib import resources
 
 from rateguard.db.connection import connect
+from rateguard.db.errors import is_unavailable
+from rateguard.errors import RateGuardError
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +59,25 @@ async def migrate(dsn: str) -> list[str]:
                     "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
                     version, checksum)
                 applied_now.append(version)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise RateGuardError(
+            f"DATABASE_URL: PostgreSQL went away during the migration ({type(exc).__name__}:"
+            f" {exc}); nothing of this run was applied (it is one transaction): run "
+            "`rateguard db migrate` again once PostgreSQL is back") from None
     finally:
-        await conn.close()
+        await _close(conn)
     return applied_now
+
+
+async def _close(conn) -> None:
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=5)
+    except Exception:
+        conn.terminate()
 
 
 async def pending(dsn: str) -> list[str]:

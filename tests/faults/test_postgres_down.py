@@ -304,3 +304,45 @@ async def test_postgres_outage_web_answers_503_proxies_serve_and_catch_up(
         for proxy in proxies:
             proxy.stop()
         await plane.stop()
+
+
+# -- db migrate ------------------------------------------------------------------------
+
+
+async def test_migrate_cut_off_mid_run_leaves_nothing_and_runs_again(restarts_pg,
+                                                                      monkeypatch):
+    from rateguard.db import migrate as migrate_module
+    from rateguard.errors import RateGuardError
+
+    pg = restarts_pg
+    database = await pg.new_database()
+    real = migrate_module.migrations()
+    # One more, slow, file after the real ones: the server goes away while every real
+    # file has run inside the transaction and nothing is committed yet.
+    slow = "SELECT pg_sleep(60) /* rateguard-test-slow-migration */"
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*real, ("9999_slow", slow)])
+    run = asyncio.ensure_future(migrate_module.migrate(database))
+    probe = await asyncpg.connect(pg.url)
+    try:
+        async def in_last_file():
+            return await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1", slow)
+
+        assert await wait_until(in_last_file, timeout=15, interval=0.05)
+    finally:
+        await probe.close()
+    await pg.crash()
+    with pytest.raises(RateGuardError, match="nothing of this run was applied") as failed:
+        await asyncio.wait_for(run, 10)
+    assert "rateguard db migrate" in str(failed.value)
+    await pg.start()
+
+    conn = await asyncpg.connect(database)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        assert [t["tablename"] for t in tables] == [], "a cut-off migration left tables"
+    finally:
+        await conn.close()
+    monkeypatch.undo()
+    assert await migrate_module.migrate(database) == [version for version, _ in real]
+    assert await migrate_module.pending(database) == []
