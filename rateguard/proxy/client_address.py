@@ -35,6 +35,11 @@ def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in trusted)
 
 
+def is_trusted(peer: str, trusted: tuple[Network, ...]) -> bool:
+    """Whether the socket peer is one of the trusted proxies."""
+    return bool(trusted) and _trusted(peer, trusted)
+
+
 def client_address(peer: str, forwarded_for: bytes | None,
                    trusted: tuple[Network, ...]) -> str:
     """The client's address for limits and events."""

@@ -16,12 +16,12 @@ HOP_BY_HOP = frozenset({
 # Request headers the proxy sets itself or consumes.
 _REQUEST_OWN = frozenset({
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"x-request-id", b"x-api-key",
+    b"x-forwarded-host", b"x-request-id", b"x-api-key", b"forwarded",
 })
 # Response headers the proxy sets itself.
 _RESPONSE_OWN = frozenset({
     b"content-length", b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset",
-    b"ratelimit-policy", b"x-request-id", b"date" ,
+    b"ratelimit-policy", b"x-request-id", b"date",
 })
 
 REASONS = {
@@ -30,6 +30,7 @@ REASONS = {
     411: b"Length Required", 413: b"Content Too Large", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -46,24 +47,42 @@ def upstream_request_head(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, host: bytes,
     client_ip: bytes, proto: bytes, original_host: bytes | None, request_id: bytes,
     framing: bytes, drop: frozenset[bytes], extra: tuple[tuple[bytes, bytes], ...] = (),
+    forwarded_for: bytes = b"", trusted_peer: bool = False,
 ) -> bytes:
     """The request line and headers sent upstream. ``headers`` have lowercase names;
     ``framing`` is b"content-length: N\\r\\n", b"transfer-encoding: chunked\\r\\n" or b"";
-    ``drop`` holds extra lowercase names to remove (Connection tokens, the API key)."""
-    forwarded_for = client_ip
+    ``drop`` holds extra lowercase names to remove (Connection tokens, the API key).
+
+    ``X-Forwarded-For``: the client's lines, combined in order, then the peer address.
+    ``Forwarded`` (RFC 7239): the client's lines only from a trusted proxy
+    (``trusted_peer``), then this hop's element, ``forwarded_for`` (``for=...``) with
+    proto and host. ``Via: 1.1 rateguard`` follows any the client sent (RFC 9110 7.6.3).
+    X-Forwarded-Proto/-Host and X-Request-Id are the proxy's own."""
+    prior_for = prior_forwarded = None
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     for name, value in headers:
         if name in HOP_BY_HOP or name in _REQUEST_OWN or name in drop:
             if name == b"x-forwarded-for":
-                forwarded_for = value + b", " + client_ip
+                prior_for = value if prior_for is None else prior_for + b", " + value
+            elif name == b"forwarded" and trusted_peer:
+                prior_forwarded = (value if prior_forwarded is None
+                                   else prior_forwarded + b", " + value)
             continue
         parts += (name, b": ", value, b"\r\n")
     for name, value in extra:
         parts += (name, b": ", value, b"\r\n")
-    parts += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: ", proto,
-              b"\r\nx-request-id: ", request_id, b"\r\n")
+    parts.append(b"x-forwarded-for: ")
+    if prior_for is not None:
+        parts += (prior_for, b", ")
+    parts += (client_ip, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-request-id: ", request_id,
+              b"\r\nvia: 1.1 rateguard\r\nforwarded: ")
+    if prior_forwarded is not None:
+        parts += (prior_forwarded, b", ")
+    parts += (forwarded_for or b"for=" + client_ip, b";proto=", proto)
     if original_host:
-        parts += (b"x-forwarded-host: ", original_host, b"\r\n")
+        parts += (b';host="', original_host, b'"\r\nx-forwarded-host: ', original_host, b"\r\n")
+    else:
+        parts.append(b"\r\n")
     parts += (framing, b"\r\n")
     return b"".join(parts)
 

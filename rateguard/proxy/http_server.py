@@ -23,7 +23,8 @@ from typing import Callable
 import httptools
 
 from rateguard.proxy import headers as h
-from rateguard.proxy.client_address import client_address
+from rateguard.proxy import request_head as rh
+from rateguard.proxy.client_address import client_address, is_trusted
 from rateguard.proxy.client_address import forwarded_proto as forwarded_proto_of
 from rateguard.proxy.gateway import Admission, Gateway
 from rateguard.proxy.upstream import UpstreamConnectError, UpstreamConnection, UpstreamPool
@@ -37,6 +38,10 @@ KEEPALIVE_SECONDS = 75.0
 HEAD_SECONDS = 10.0  # a request head must arrive within this (from the connection or its start)
 BODY_SECONDS = 30.0  # longest pause while a client sends a request body
 LINGER_SECONDS = 2.0  # reading and dropping a refused body before closing
+# Longest pause of a client that does not read its response (nginx's send_timeout): a
+# reader that takes anything at all within this keeps its download going.
+SEND_SECONDS = 120.0
+MAX_CACHED_HOSTS = 1024  # Host values already checked (valid or not)
 
 
 class _HeadTooLarge(Exception):
@@ -52,6 +57,7 @@ _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_VIA = b"via: 1.1 rateguard\r\n"  # RFC 9110 7.6.3, on every forwarded message
 
 
 class Exchange:
@@ -65,7 +71,7 @@ class Exchange:
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
-        "body_activity", "bad_head", "path", "query", "has_connection",
+        "body_activity", "refusal", "path", "query", "has_connection",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -83,7 +89,6 @@ class Exchange:
         self.http10 = False  # set by the connection when the request may be HTTP/1.0
         self.started = time.perf_counter()
         self.ts_ms = int(time.time() * 1000)
-        self.request_id = server.next_request_id()
         self.body_chunks: list[bytes] = []
         self.body_buffered = 0
         self.body_done = False
@@ -110,14 +115,16 @@ class Exchange:
         self.sent_body = False
         self.close_delimited = False
         self.body_activity = server.loop.time()
-        self.bad_head = ""
-        host = authorization = x_api_key = user_agent = expect = None
+        # (status, error, message, extra lines): the request is answered by the proxy
+        # without routing (a malformed head, a refused method).
+        self.refusal = None
+        host = authorization = x_api_key = user_agent = expect = request_id = None
         forwarded_for = forwarded_proto = None
         has_connection = False
         for name, value in headers:
             if name == b"host":
                 if host is not None:
-                    self.bad_head = "more than one Host header"
+                    self.refusal = (400, "bad_request", "more than one Host header", ())
                 host = value
             elif name == b"authorization":
                 authorization = value
@@ -126,7 +133,9 @@ class Exchange:
             elif name == b"user-agent":
                 user_agent = value
             elif name == b"content-length":
-                self.content_length = _content_length(value)
+                self.content_length = length = _content_length(value)
+                if length < 0:
+                    self.refusal = (400, "bad_request", "invalid Content-Length", ())
             elif name == b"transfer-encoding":
                 # chunked only when it is the final coding (RFC 9112 6.3); the parser
                 # refuses anything else before the body is read.
@@ -139,7 +148,25 @@ class Exchange:
                 forwarded_proto = value
             elif name == b"connection":
                 has_connection = True
+            elif name == b"x-request-id":
+                request_id = value
         self.has_connection = has_connection
+        # A client's well-formed X-Request-Id is kept (and passed on, and answered).
+        if request_id is not None and rh.valid_request_id(request_id):
+            self.request_id = request_id.decode("ascii")
+        else:
+            self.request_id = server.next_request_id()
+        if host is not None:
+            valid = server.valid_hosts.get(host)
+            if valid is None:
+                valid = server.check_host(host)
+            if not valid:
+                self.refusal = (400, "bad_request", "invalid Host header", ())
+        if "%" in self.path and rh.overlong_utf8(self.path):
+            self.refusal = (400, "bad_request", "path is not allowed", ())
+        if method == b"TRACE":  # RFC 9110 9.3.8: it would echo cookies and credentials
+            self.refusal = (405, "method_not_allowed", "TRACE is not forwarded",
+                            (rh.ALLOW_LINE,))
         trusted = server.trusted_proxies
         if trusted:
             self.client_ip = client_address(client.client_ip, forwarded_for, trusted)
@@ -172,8 +199,12 @@ class Exchange:
 
     def on_body_end(self) -> None:
         self.body_done = True
-        if self.conn is not None and self.sent_body and self.chunked_in:
-            self.conn.write(b"0\r\n\r\n")
+        conn = self.conn
+        if conn is not None and self.sent_body:
+            if self.chunked_in:
+                conn.write(b"0\r\n\r\n")
+            # The request is sent: the upstream's time to answer starts now.
+            self.last_activity = self.server.loop.time()
 
     def body_too_large(self) -> None:
         if self.finished:
@@ -212,12 +243,10 @@ class Exchange:
             status, body = special()
             self.write_simple(status, body)
             return
-        if self.content_length is not None and self.content_length < 0:
-            self.respond_error(400, "bad_request", "invalid Content-Length")
-            return
-        if self.bad_head:
+        if self.refusal is not None:
+            status, error, message, extra = self.refusal
             self.keep_alive = False
-            self.respond_error(400, "bad_request", self.bad_head)
+            self.respond_error(status, error, message, extra=extra)
             return
         client_ip = self.client_ip
         admission = self.admission = await server.gateway.admit(
@@ -273,18 +302,20 @@ class Exchange:
         target = admission.upstream_path.encode("latin-1") + self.query
         if self.chunked_in:
             framing = _CHUNKED
-        elif self.content_length:
+        elif self.content_length is not None:  # Content-Length: 0 too (a POST says it)
             framing = b"content-length: %d\r\n" % self.content_length
         else:
             framing = b""
         drop = h.connection_tokens(self.headers) if self.has_connection else _NO_TOKENS
         if admission.drop_authorization:
             drop = drop | {b"authorization"}
+        client = self.client
         head = h.upstream_request_head(
             self.method, target, self.headers, host=api.upstream.host_header,
-            client_ip=self.client.client_ip_bytes, proto=self.proto, original_host=self.host,
+            client_ip=client.client_ip_bytes, proto=self.proto, original_host=self.host,
             request_id=self.request_id.encode(), framing=framing, drop=drop,
-            extra=api.upstream_headers)
+            extra=api.upstream_headers, forwarded_for=client.forwarded_node,
+            trusted_peer=client.trusted_peer)
         if self.expect is not None and self.expect.lower() == b"100-continue" \
                 and not self.body_done and not self.http10:
             self.client.write(_CONTINUE)
@@ -310,16 +341,37 @@ class Exchange:
             server.poll_for_answers()
 
     def check_timeout(self, now: float) -> None:
-        """Called by the server's sweep: 408 when the client stalls while sending its
-        body; 504 (or a cut connection, if the response already started) when the
-        upstream has been silent for ``timeout`` seconds."""
+        """Called by the server's sweep. Every timeout is inactivity in one direction,
+        so a long transfer that makes progress is never cut:
+
+        * the client sending its body: a pause of ``body_timeout`` -> 408;
+        * the upstream reading that body (its socket full): no drain for ``timeout`` -> 504;
+        * the upstream answering: ``timeout`` from the request sent (or its last response
+          bytes) to the next response bytes -> 504, or a cut connection if the response
+          already started;
+        * the client reading the response (its socket full, the upstream paused): no
+          drain for ``send_timeout`` -> the connection is cut. The upstream's timer does
+          not run meanwhile."""
         if self.finished or self.response_done:
             return
-        if not self.body_done and not self.client.paused_for \
+        client = self.client
+        if not self.body_done and not client.paused_for \
                 and now - self.body_activity >= self.server.body_timeout:
             self.client_stalled()
             return
-        if self.conn is None:
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.paused_at:  # the upstream does not take the request body
+            if now - conn.paused_at >= self.timeout:
+                self.fail(504, "upstream_timeout",
+                          f"upstream stopped reading the request for {self.timeout:g}s")
+            return
+        if not self.body_done and not self.response_started:
+            return  # the request is still arriving; the client's timeout applies
+        if client.writing_paused:  # a slow reader; the upstream waits for it
+            if now - client.write_paused_at >= self.server.send_timeout:
+                self.fail(504, "client_timeout", "client stopped reading")
             return
         if now - self.last_activity < self.timeout:
             return
@@ -395,7 +447,8 @@ class Exchange:
             self.complete(False)
 
     def response_lines(self) -> list[bytes]:
-        lines = [b"x-request-id: " + self.request_id.encode() + b"\r\n"]
+        lines = [self.server.date.line, _VIA,
+                 b"x-request-id: " + self.request_id.encode() + b"\r\n"]
         admission = self.admission
         if admission is not None and admission.lines:
             lines += admission.lines
@@ -483,7 +536,8 @@ class Exchange:
             return
         if not self.body_done:
             self.keep_alive = False
-        lines = [b"x-request-id: " + self.request_id.encode() + b"\r\n", *extra]
+        lines = [self.server.date.line, b"x-request-id: " + self.request_id.encode() + b"\r\n",
+                 *extra]
         self.status = status
         self.client.write(h.json_response(
             status, error, message, extra=lines, keep_alive=self.keep_alive,
@@ -497,8 +551,8 @@ class Exchange:
     def write_simple(self, status: int, body: bytes) -> None:
         self.status = status
         self.client.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, h.REASONS.get(status, b""), len(body), body))
+            b"HTTP/1.1 %d %s\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, h.REASONS.get(status, b""), self.server.date.line, len(body), body))
         self.error_decision = "special"
         self.finish()
 
@@ -518,7 +572,8 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client_ip", "client_ip_bytes", "url",
                  "headers", "head_bytes", "current", "active", "pending", "paused_for",
-                 "closing", "writing_paused", "idle_since", "head_since", "linger_until")
+                 "closing", "writing_paused", "idle_since", "head_since", "linger_until",
+                 "forwarded_node", "trusted_peer", "write_paused_at", "final")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -535,6 +590,12 @@ class ClientConnection(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.closing = False
         self.writing_paused = False
+        self.write_paused_at = 0.0
+        # The last request this connection serves has been read (Connection: close,
+        # HTTP/1.0): whatever the client sends after it is dropped, not parsed.
+        self.final = False
+        self.forwarded_node = b"for=unknown"
+        self.trusted_peer = False
         # Deadlines checked by the server's sweep (no timer per request).
         self.idle_since = server.loop.time()
         # When an unanswered request head started, 0 if none. A new connection owes
@@ -549,6 +610,11 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.client_ip_bytes = self.client_ip.encode()
+        # RFC 7239 6: an IPv6 node is bracketed and quoted.
+        self.forwarded_node = (b'for="[%s]"' % self.client_ip_bytes if ":" in self.client_ip
+                               else b"for=" + self.client_ip_bytes)
+        trusted = self.server.trusted_proxies
+        self.trusted_peer = bool(trusted) and is_trusted(self.client_ip, trusted)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             try:
@@ -558,13 +624,17 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.final:
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # upgrades are not proxied: the request is answered, then we close
         except httptools.HttpParserError as exc:
+            if self.final:
+                # Bytes after the last request (RFC 9112 9.6): answer the request
+                # already read, then close; the rest is dropped.
+                return
             if isinstance(exc.__context__, _HeadTooLarge) or self.head_bytes > MAX_HEAD_BYTES:
                 self.protocol_error(431, "headers_too_large",
                                     f"request head exceeds {MAX_HEAD_BYTES} bytes")
@@ -585,6 +655,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.write_paused_at = self.server.loop.time()
         active = self.active
         if active is not None and active.conn is not None and active.conn.transport:
             active.conn.transport.pause_reading()
@@ -593,6 +664,8 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         active = self.active
         if active is not None and active.conn is not None and active.conn.transport:
+            # The client took data: progress. The upstream's timer starts again.
+            active.last_activity = self.server.loop.time()
             active.conn.transport.resume_reading()
 
     # -- httptools callbacks ------------------------------------------------------------
@@ -613,7 +686,8 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge
-        self.headers.append((name.lower(), value))
+        if self.current is None:  # else a trailer (after a chunked body): never a header
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -622,8 +696,8 @@ class ClientConnection(asyncio.Protocol):
         # HTTP/1.0 or not (no chunked answers, keep-alive said out loud) costs a string
         # format in httptools; a 1.0 request is never kept alive without a Connection
         # header, so a kept-alive request without one is 1.1 and needs no asking.
-        if exchange.has_connection or not keep_alive:
-            exchange.http10 = parser.get_http_version() == "1.0"
+        if exchange.has_connection or not keep_alive or exchange.host is None:
+            self.check_version(exchange, parser.get_http_version())
         self.current = exchange
         if parser.should_upgrade():
             exchange.keep_alive = False
@@ -648,9 +722,29 @@ class ClientConnection(asyncio.Protocol):
             self.current.on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.current is not None:
-            self.current.on_body_end()
+        current = self.current
+        if current is not None:
+            current.on_body_end()
             self.current = None
+            if not current.keep_alive:
+                self.final = True
+
+    @staticmethod
+    def check_version(exchange: Exchange, version: str) -> None:
+        """What the HTTP version changes (asked only when a head is unusual: a
+        Connection header, no keep-alive, no Host)."""
+        exchange.http10 = http10 = version == "1.0"
+        if not http10 and version != "1.1":
+            status, message = rh.version_refusal(version)
+            exchange.refusal = (status, "bad_request" if status == 400
+                                else "version_not_supported", message, ())
+            exchange.keep_alive = False
+        elif exchange.host is None and not http10:  # RFC 9112 3.2
+            exchange.refusal = (400, "bad_request", "HTTP/1.1 request without Host", ())
+        elif http10 and exchange.chunked_in:  # RFC 9112 6.1: chunked needs 1.1
+            exchange.refusal = (400, "bad_request",
+                                "Transfer-Encoding in an HTTP/1.0 request", ())
+            exchange.keep_alive = False
 
     # -- exchanges ----------------------------------------------------------------------
 
@@ -697,7 +791,8 @@ class ClientConnection(asyncio.Protocol):
             active.protocol_error(status, error, message)
             return
         if active is None and not self.closing:
-            body = h.json_response(status, error, message, keep_alive=False)
+            body = h.json_response(status, error, message, keep_alive=False,
+                                   extra=(self.server.date.line,))
             self.write(body)
         self.close()
 
@@ -739,8 +834,11 @@ class ProxyServer:
                  special_paths: dict[str, Callable[[], tuple[int, bytes]]],
                  head_timeout: float = HEAD_SECONDS, keepalive_timeout: float = KEEPALIVE_SECONDS,
                  body_timeout: float = BODY_SECONDS, trusted_proxies: tuple = (),
-                 busy_poll_us: int = 0) -> None:
+                 busy_poll_us: int = 0, send_timeout: float = SEND_SECONDS) -> None:
         self.trusted_proxies = trusted_proxies
+        self.send_timeout = send_timeout
+        self.date = rh.DateLine()  # refreshed by the sweep
+        self.valid_hosts: dict[bytes, bool] = {}
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
@@ -763,6 +861,16 @@ class ProxyServer:
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def check_host(self, value: bytes) -> bool:
+        """Whether a Host value is valid (RFC 9110 7.2), remembered."""
+        valid = rh.valid_host(value)
+        hosts = self.valid_hosts
+        if len(value) <= 256:
+            if len(hosts) >= MAX_CACHED_HOSTS:
+                hosts.clear()
+            hosts[value] = valid
+        return valid
 
     def next_request_id(self) -> str:
         self._id_counter += 1
@@ -803,6 +911,7 @@ class ProxyServer:
             ticks = 0
             while True:
                 await asyncio.sleep(interval)
+                self.date.refresh()
                 now = self.loop.time()
                 for exchange in list(self.exchanges):
                     exchange.check_timeout(now)

@@ -26,7 +26,7 @@ class UpstreamConnectError(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("upstream", "transport", "parser", "exchange", "closed", "idle_since",
-                 "_reason", "_headers", "_informational", "received")
+                 "_reason", "_headers", "_informational", "received", "paused_at")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -39,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
         self.received = False  # any response byte for the current exchange
+        self.paused_at = 0.0  # since when the upstream has not drained our writes (0: it has)
 
     # -- asyncio ------------------------------------------------------------------------
 
@@ -59,6 +60,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols to a request that asked for no upgrade (RFC 9110
+            # 15.2.2: a server must not switch unless asked).
+            exchange.on_upstream_error("upstream switched protocols unasked")
+            self.abort()
+            return
         except httptools.HttpParserError:
             exchange.on_upstream_error("upstream sent an invalid HTTP response")
             self.abort()
@@ -73,12 +80,17 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.on_upstream_lost(self)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.pause_reading("upstream")
+        exchange = self.exchange
+        if exchange is not None:
+            self.paused_at = exchange.server.loop.time()
+            exchange.client.pause_reading("upstream")
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.resume_reading("upstream")
+        self.paused_at = 0.0
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.last_activity = exchange.server.loop.time()  # it took our bytes
+            exchange.client.resume_reading("upstream")
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -187,6 +199,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         conn.exchange = None
         conn.received = False
+        conn.paused_at = 0.0
         idle = self._idle[conn.upstream.pool_key]
         if conn.closed or len(idle) >= self.max_idle:
             conn.abort()
