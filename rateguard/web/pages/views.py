@@ -19,6 +19,7 @@ from rateguard.limiter.policy import ALGORITHMS, FAILURE_MODES, MODES, SCOPES
 from rateguard.web.api.registry import REPO, TOKENS
 from rateguard.web.pages import charts, forms, ops
 from rateguard.web.pages.session import WebSessions, same_origin
+from rateguard.web.redirects import safe_next
 
 SESSIONS = web.AppKey("web_sessions", WebSessions)
 JINJA = web.AppKey("jinja", object)
