@@ -60,7 +60,7 @@ def policy() -> Policy:
 @pytest.fixture(scope="session")
 def policy_two_limits() -> Policy:
     return Policy(id="two", workspace_id="bench",
-                  limits=(parse_limit("1000000000/s"), parse_limit("2000000000/h")))
+                  limits=(parse_limit("1000000000/s"), parse_limit("1000000000/h")))
 
 
 @pytest.fixture(scope="session")
