@@ -82,6 +82,39 @@ def parse_limit(text: str) -> Limit:
     return Limit(count, window)
 
 
+def stored_policy(id: str, workspace_id: str, limits: list[str], **fields) -> tuple[Policy, str]:
+    """A policy saved before the bounds above existed, made valid: counts and windows
+    clamped into range (``99999999999999999999999/s`` limited nothing and ``1000000000/s``
+    limits nothing either; ``1/99999999999999999999d`` becomes ``1/366d``), and a
+    ``sliding_log`` count above its bound served by ``sliding_window``, which keeps the
+    count. Returns the policy and what was changed ("" when it was valid as stored), so
+    one stored row can never stop a snapshot from loading for every workspace."""
+    try:
+        return Policy(id, workspace_id, tuple(parse_limit(item) for item in limits),
+                      **fields), ""
+    except ConfigError as exc:
+        problem = str(exc)
+    clamped = []
+    for item in limits:
+        match = re.match(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$", str(item).lower())
+        if not match or match[3] not in _UNITS_MS:
+            continue  # never accepted by any version of the parser: dropped
+        window = _UNITS_MS[match[3]] * (int(match[2]) if match[2] else 1)
+        clamped.append(Limit(min(max(int(match[1]), 1), MAX_COUNT),
+                             min(max(window, MIN_WINDOW_MS), MAX_WINDOW_MS)))
+    by_window = {}
+    for limit in clamped:  # clamping may have put two limits on one window: keep the lower
+        if limit.window_ms not in by_window or limit.count < by_window[limit.window_ms].count:
+            by_window[limit.window_ms] = limit
+    clamped = sorted(by_window.values(), key=lambda limit: limit.window_ms)[:MAX_LIMITS]
+    if not clamped:
+        clamped = [Limit(1, MAX_WINDOW_MS)]  # nothing readable: refuse rather than open
+    if fields.get("algorithm") == "sliding_log" and any(
+            limit.count > MAX_LOG_COUNT for limit in clamped):
+        fields = {**fields, "algorithm": "sliding_window"}
+    return Policy(id, workspace_id, tuple(clamped), **fields), problem
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     id: str

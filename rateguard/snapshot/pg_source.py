@@ -39,7 +39,7 @@ from rateguard.crypto import CryptoError, KeyRing
 from rateguard.db.connection import CHANNEL, connect
 from rateguard.db.repository import header_aad
 from rateguard.errors import ConfigError, RateGuardError
-from rateguard.limiter.policy import Policy, parse_limit
+from rateguard.limiter.policy import stored_policy
 from rateguard.snapshot.model import Api, ApiKey, Snapshot, Upstream
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,14 @@ def build_snapshot(policies, apis, keys, keyring: KeyRing | None,
     built_policies = []
     for row in policies:
         digest.update(orjson.dumps(list(row.values())))
-        built_policies.append(Policy(
-            id=row["id"], workspace_id=row["workspace_id"],
-            limits=tuple(parse_limit(item) for item in row["limits"]), scope=row["scope"],
-            mode=row["mode"], algorithm=row["algorithm"], failure_mode=row["failure_mode"]))
+        policy, problem = stored_policy(
+            row["id"], row["workspace_id"], list(row["limits"]), scope=row["scope"],
+            mode=row["mode"], algorithm=row["algorithm"], failure_mode=row["failure_mode"])
+        if problem:
+            log.warning("policy %s of workspace %s is out of today's bounds (%s); serving "
+                        "%s until it is edited", policy.id, policy.workspace_id, problem,
+                        ", ".join(map(str, policy.limits)))
+        built_policies.append(policy)
     built_apis = []
     for row in apis:
         digest.update(orjson.dumps([row["id"], row["workspace_id"], row["host"], row["prefix"],

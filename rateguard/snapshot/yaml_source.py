@@ -13,7 +13,7 @@
 Every error names the file and the field, e.g.
 ``demo.yaml: workspaces[0].apis[0].upstream: expected http(s)://host[:port][/path]``.
 
-Upstreams pass the SSRF guard (snapshot/model.py): link-local and cloud metadata
+Upstreams pass the egress policy (rateguard/net/egress.py): link-local and cloud metadata
 addresses are always refused; files loaded by the proxy (``load_file``, ``YamlSource``)
 also refuse private and loopback addresses in production unless
 ALLOW_PRIVATE_UPSTREAMS is set.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import re
 from datetime import datetime, timezone
@@ -33,8 +34,7 @@ import yaml
 
 from rateguard.errors import ConfigError
 from rateguard.limiter.policy import Policy, parse_limit
-from rateguard.snapshot.model import (ALWAYS, Api, ApiKey, Snapshot, Upstream, UpstreamGuard,
-                                      guard_from_env)
+from rateguard.snapshot.model import ALWAYS, Api, ApiKey, Snapshot, Upstream, UpstreamGuard
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def _timestamp(value: Any, where: str) -> float | None:
 def _positive(value: Any, where: str, kind: type = float) -> Any:
     if value is None:
         return None
-    _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-            where, "must be a positive number")
+    _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and math.isfinite(value), where, "must be a positive, finite number")
     return kind(value)
 
 
@@ -159,9 +159,11 @@ def parse_config(data: Any, source: str = "config", guard: UpstreamGuard = ALWAY
 
 
 def load_file(path: str, guard: UpstreamGuard | None = None) -> Snapshot:
-    """The snapshot in a YAML file; ``guard`` defaults to the environment's rule."""
+    """The snapshot in a YAML file. ``guard``: the egress policy built from Settings
+    (``rateguard.net.egress.from_settings``); by default only what is never allowed
+    (link-local, metadata) is refused."""
     name = os.path.basename(path)
-    guard = guard_from_env() if guard is None else guard
+    guard = ALWAYS if guard is None else guard
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -186,7 +188,7 @@ class YamlSource:
                  guard: UpstreamGuard | None = None) -> None:
         self.path = path
         self.interval = interval
-        self.guard = guard_from_env() if guard is None else guard
+        self.guard = ALWAYS if guard is None else guard
         self._version = None
 
     async def load(self) -> Snapshot:

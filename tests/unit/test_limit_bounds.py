@@ -92,3 +92,35 @@ def test_parse_limit_fails_only_with_a_config_error(text):
     except ConfigError:
         return
     assert 1 <= limit.count <= MAX_COUNT and MIN_WINDOW_MS <= limit.window_ms <= MAX_WINDOW_MS
+
+
+@pytest.mark.parametrize("limits,algorithm,expected,served_by", [
+    (["99999999999999999999999/s"], "sliding_window", ["1000000000/1s"], "sliding_window"),
+    (["1/99999999999999999999d"], "sliding_window", ["1/31622400s"], "sliding_window"),
+    (["10000000/d", "5/50ms"], "sliding_log", ["5/100ms", "10000000/86400s"],
+     "sliding_window"),
+    (["\u0661\u0660/s"], "sliding_log", ["10/1s"], "sliding_log"),  # once accepted
+])
+def test_a_stored_policy_from_before_the_bounds_is_clamped_not_fatal(
+        limits, algorithm, expected, served_by):
+    """A PostgreSQL row saved before the bounds must not stop every proxy's snapshot."""
+    from rateguard.limiter.policy import stored_policy
+
+    policy, problem = stored_policy("p", "ws", limits, algorithm=algorithm)
+    assert problem and [str(limit) for limit in policy.limits] == expected
+    assert policy.algorithm == served_by
+
+
+def test_a_valid_stored_policy_is_served_as_stored():
+    from rateguard.limiter.policy import stored_policy
+
+    policy, problem = stored_policy("p", "ws", ["100/s", "5000/h"], algorithm="sliding_log")
+    assert problem == "" and policy.algorithm == "sliding_log" and len(policy.limits) == 2
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1, 0, True])
+def test_yaml_refuses_non_finite_timeouts(value):
+    config = {"workspaces": [{"id": "ws", "apis": [
+        {"id": "a", "prefix": "/a", "upstream": "http://127.0.0.1:1", "timeout_seconds": value}]}]}
+    with pytest.raises(ConfigError, match="timeout_seconds"):
+        parse_config(config)
