@@ -45,6 +45,7 @@ async def test_429_exactly_after_the_limit_with_retry_after(gateway, session, up
     assert status == 429
     assert upstream.calls == calls, "a limited request must not reach the upstream"
     assert 1 <= int(headers["Retry-After"]) <= 60
+    assert headers["RateLimit-Reset"] == headers["Retry-After"]
     assert headers["RateLimit-Remaining"] == "0"
     for name in RATE_HEADERS:
         assert name in headers

@@ -88,5 +88,6 @@ def test_client_response_head_keeps_repeated_headers():
 def test_ratelimit_lines():
     d = Decision(False, parse_limit("10/min"), 0, 30_000, 1_500)
     lines = b"".join(h.ratelimit_lines(d, b"10;w=60")).decode()
-    assert "ratelimit-limit: 10\r\n" in lines and "ratelimit-reset: 30\r\n" in lines
+    # a refusal: RateLimit-Reset is when this request would be admitted, as Retry-After
+    assert "ratelimit-limit: 10\r\n" in lines and "ratelimit-reset: 2\r\n" in lines
     assert "ratelimit-policy: 10;w=60\r\n" in lines and "retry-after: 2\r\n" in lines
