@@ -37,7 +37,7 @@ from rateguard.alerts import evaluator, notify
 from rateguard.alerts.store import decrypt_channel, record_attempt
 from rateguard.db.connection import connect
 from rateguard.settings import Settings
-from rateguard.snapshot.model import ALWAYS, STRICT
+from rateguard.net.egress import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ class AlertsWorker:
             from rateguard.crypto import KeyRing
             self.keyring = KeyRing(settings.ENCRYPTION_KEY)
         # the proxy's SSRF guard for webhook and Slack deliveries
-        self.guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
-            else ALWAYS
+        self.guard = from_settings(settings)
         self.role = "starting"
         self.evaluations = 0
         self.last_evaluation: float | None = None
@@ -96,6 +95,7 @@ class AlertsWorker:
         self._inflight: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._failing: str | None = None  # the error logged for the current outage
 
     # -- the worker interface -----------------------------------------------------------
 
@@ -154,7 +154,10 @@ class AlertsWorker:
                     await self._conn.execute(
                         "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
                         " SET tcp_keepalives_count = 2")
-                if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID):
+                leading = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)",
+                                                    LOCK_ID)
+                self._failing = None
+                if leading:
                     log.info("alerts: leader now")
                     self.role = "leader"
                     await self._lead(_Leader(self._conn))
@@ -164,7 +167,10 @@ class AlertsWorker:
                 raise
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("alerts: %s", self.last_error)
+                # PostgreSQL down: one line when it starts, not one per leader_poll.
+                if self.last_error != self._failing:
+                    log.warning("alerts: %s", self.last_error)
+                self._failing = self.last_error
                 await self._close_conn()
             finally:
                 if self.role == "leader":
@@ -264,6 +270,11 @@ class AlertsWorker:
 
     async def _deliver(self, leader: _Leader, row) -> None:
         outbox_id, attempt = row["outbox_id"], row["attempts"] + 1
+        if leader.conn.is_closed():
+            # The lock went with the connection: another replica may be sending this
+            # row already, and this one could not record the attempt anyway.
+            self._inflight.pop(outbox_id, None)
+            return
         try:
             try:
                 channel = decrypt_channel(row, self.keyring)

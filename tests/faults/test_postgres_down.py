@@ -346,3 +346,104 @@ async def test_migrate_cut_off_mid_run_leaves_nothing_and_runs_again(restarts_pg
     monkeypatch.undo()
     assert await migrate_module.migrate(database) == [version for version, _ in real]
     assert await migrate_module.pending(database) == []
+
+
+# -- alerts ----------------------------------------------------------------------------
+
+
+async def test_alerts_leader_lost_with_postgres_then_one_leader_and_nothing_twice(
+        restarts_pg, fenv, clickhouse_url, caplog):
+    from rateguard.alerts.worker import AlertsWorker
+    from rateguard.settings import Settings
+    from tests.faults.conftest import new_clickhouse
+    from tests.integration.alerting import Receiver
+    from tests.integration.control import ENCRYPTION_KEY
+
+    pg = restarts_pg
+    plane = await ControlPlane(await pg.new_database()).start()
+    clickhouse = await new_clickhouse(clickhouse_url)
+    receiver = await Receiver().start()
+    workers: list[AlertsWorker] = []
+    try:
+        owner = await plane.signup("pgdown-alerts")
+        base = f"/workspaces/{owner.workspace_id}/alerts"
+        hooks = {"early": "/" + unique("early"), "late": "/" + unique("late")}
+        channels = {}
+        for name, path in hooks.items():
+            status, channels[name] = await plane.call(
+                "POST", base + "/channels", owner,
+                json={"name": name, "kind": "webhook", "url": receiver.url(path)})
+            assert status == 201, channels[name]
+        receiver.fail[hooks["late"]] = 10_000  # refuses until the outage
+        # No traffic at all: the rule fires at the first evaluation and stays firing.
+        status, rule = await plane.call("POST", base + "/rules", owner, json={
+            "name": "silence", "metric": "request_count", "comparator": "below",
+            "threshold": 1, "window_seconds": 60,
+            "channel_ids": [c["id"] for c in channels.values()]})
+        assert status == 201, rule
+
+        settings = Settings.from_env({
+            **fenv, "DATABASE_URL": plane.database_url, "ENCRYPTION_KEY": ENCRYPTION_KEY,
+            "CLICKHOUSE_DATABASE": clickhouse.database, "ALERTS_INTERVAL_SECONDS": "0.5"})
+        for _ in range(2):  # default leader_poll (1 s): what production does
+            worker = AlertsWorker(settings, clickhouse=clickhouse, retry_base=0.3,
+                                  retry_cap=1.0, max_attempts=1000, delivery_timeout=2.0)
+            await worker.start()
+            workers.append(worker)
+
+        def leaders() -> int:
+            return sum(w.is_leader for w in workers)
+
+        async def received(name: str, count: int) -> bool:
+            return len(receiver.received[hooks[name]]) >= count
+
+        assert await wait_until(lambda: received("early", 1), timeout=10)
+
+        async def refused_twice() -> bool:
+            return len(receiver.attempts[hooks["late"]]) >= 2
+        assert await wait_until(refused_twice, timeout=10)
+        assert leaders() == 1
+
+        await pg.crash()
+        down_at = time.monotonic()
+
+        async def no_leader():
+            return leaders() == 0
+        assert await wait_until(no_leader, timeout=3, interval=0.05)
+        lost_after = time.monotonic() - down_at
+        receiver.fail[hooks["late"]] = 0  # it would accept now: nobody may send
+        attempts_at_crash = len(receiver.attempts[hooks["late"]])
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+        assert leaders() == 0
+        assert len(receiver.attempts[hooks["late"]]) == attempts_at_crash, \
+            "a worker sent a notification without holding the leader lock"
+
+        await pg.start()
+        up_at = time.monotonic()
+
+        async def one_leader():
+            return leaders() == 1
+        assert await wait_until(one_leader, timeout=5, interval=0.05)
+        leader_back = time.monotonic() - up_at
+        assert await wait_until(lambda: received("late", 1), timeout=5)
+        delivered_after = time.monotonic() - up_at
+        await asyncio.sleep(2.0)  # several evaluations of the still-firing rule
+        # The outage is logged once per worker, not once per leader_poll.
+        refused = [r for r in caplog.records if r.name == "rateguard.alerts.worker"
+                   and "cannot connect to PostgreSQL ([Errno" in r.getMessage()]
+        assert 1 <= len(refused) <= len(workers), [r.getMessage() for r in refused]
+
+        assert leaders() == 1
+        for name in hooks:
+            got = receiver.received[hooks[name]]
+            assert len(got) == 1, f"{name}: {len(got)} notifications"
+            assert orjson.loads(got[0]["body"])["event"] == "alert.firing"
+        print(f"\nalerts: leader lost {lost_after:.2f}s after the crash; a leader again "
+              f"{leader_back:.2f}s after the restart; the pending delivery sent "
+              f"{delivered_after:.2f}s after it; each notification received once")
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await receiver.stop()
+        await clickhouse.close()
+        await plane.stop()
