@@ -49,7 +49,7 @@ def raw_json(text: str) -> dict:
     return {"data": text.encode(), "headers": {"Content-Type": "application/json"}}
 
 
-RULE = '"name": "r", "metric": "request_count", "comparator": ">", "threshold": 1, ' \
+RULE = '"name": "r", "metric": "request_count", "comparator": "above", "threshold": 1, ' \
        '"window_seconds": 60'
 
 

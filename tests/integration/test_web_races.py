@@ -91,8 +91,9 @@ async def test_deleting_a_policy_while_an_api_names_it(plane, owner):
                         {"name": f"a{i}", "prefix": f"/race-create-{i}",
                          "upstream_url": "http://127.0.0.1:1", "policy_id": ids["policy"]}),
         {204, 409}, {201, 422})
-    for deleted, referenced, _ids, _body in outcomes:
+    for deleted, referenced, _ids, body in outcomes:
         assert (deleted, referenced) in ((204, 422), (409, 201))
+        assert referenced == 201 or body["field"] == "policy_id", body
 
 
 async def test_deleting_a_policy_while_an_api_is_patched_to_it(plane, owner):
@@ -109,8 +110,9 @@ async def test_deleting_a_policy_while_an_api_is_patched_to_it(plane, owner):
         lambda ids, i: ("PATCH", f"{base(owner)}/apis/{ids['api']}",
                         {"policy_id": ids["policy"]}),
         {204, 409}, {200, 422})
-    for deleted, referenced, _ids, _body in outcomes:
+    for deleted, referenced, _ids, body in outcomes:
         assert (deleted, referenced) in ((204, 422), (409, 200))
+        assert referenced == 200 or body["field"] == "policy_id", body
 
 
 async def test_deleting_an_api_while_a_rule_names_it(plane, owner):
@@ -123,11 +125,12 @@ async def test_deleting_an_api_while_a_rule_names_it(plane, owner):
         plane, owner, setup,
         lambda ids: f"{base(owner)}/apis/{ids['api']}",
         lambda ids, i: ("POST", base(owner) + "/alerts/rules", {
-            "name": f"r{i}", "metric": "request_count", "comparator": ">", "threshold": 1,
+            "name": f"r{i}", "metric": "request_count", "comparator": "above", "threshold": 1,
             "window_seconds": 60, "api_id": ids["api"]}),
         {204}, {201, 422})
     # The API is gone either way; a rule made just before the delete went with it.
     for _deleted, referenced, _ids, body in outcomes:
+        assert referenced == 201 or body["field"] == "api_id", body
         if referenced == 201:
             status, _ = await plane.call("GET", f"{base(owner)}/alerts/rules/{body['id']}",
                                          owner)
@@ -144,10 +147,11 @@ async def test_deleting_a_channel_while_a_rule_names_it(plane, owner):
         plane, owner, setup,
         lambda ids: f"{base(owner)}/alerts/channels/{ids['channel']}",
         lambda ids, i: ("POST", base(owner) + "/alerts/rules", {
-            "name": f"rc{i}", "metric": "request_count", "comparator": ">", "threshold": 1,
+            "name": f"rc{i}", "metric": "request_count", "comparator": "above", "threshold": 1,
             "window_seconds": 60, "channel_ids": [ids["channel"]]}),
         {204}, {201, 422})
     for _deleted, referenced, ids, body in outcomes:
+        assert referenced == 201 or body["field"] == "channel_ids", body
         if referenced == 201:
             status, rule = await plane.call(
                 "GET", f"{base(owner)}/alerts/rules/{body['id']}", owner)
