@@ -120,8 +120,35 @@ def test_workspaces_spread_over_all_three_masters(cluster, replicas):
     # one workspace's keys live on the master owning its hash tag's slot
     proxies_, keys, groups = replicas
     ws = groups["log"][0]["id"]
-    owner = cluster.slot_owner(crc16_slot(f"rg:{{{ws}}}:rl:p:{ws}:60s"))
-    assert cluster.client(owner).exists(f"rg:{{{ws}}}:rl:p:{ws}:60s") == 1
+    key = f"rg:{{{ws}}}:rl:p:log:key:{ws}:60s"
+    owner = cluster.slot_owner(crc16_slot(key))
+    assert cluster.client(owner).exists(key) == 1
+
+
+async def test_an_error_answer_on_a_shard_fails_one_call_and_leaves_the_shard_up(cluster):
+    """WRONGTYPE on one workspace's key is that call's problem: the shard is not
+    skipped, so another workspace on the same master keeps being counted there."""
+    from rateguard.errors import LimitCallFailed
+    from rateguard.limiter import Limiter, connect
+    from rateguard.limiter.policy import Policy, parse_limit
+
+    run = unique("shard")
+    victim = Policy("p", f"{run}-b", (parse_limit("5/min"),), algorithm="sliding_log")
+    owner = cluster.slot_owner(crc16_slot(victim.redis_keys("k")[0]))
+    neighbour = next(
+        p for p in (Policy("p", f"{run}-a{i}", (parse_limit("5/min"),), failure_mode="closed")
+                    for i in range(1000))
+        if cluster.slot_owner(crc16_slot(p.redis_keys("k")[0])) == owner)
+    cluster.client(owner).set(victim.redis_keys("k")[0], "wrong type")
+    store = connect(cluster.url, cluster=True)
+    limiter = Limiter(store)
+    await limiter.start()
+    with pytest.raises(LimitCallFailed, match="WRONGTYPE"):
+        await store.check(victim, "k")
+    decisions = [await limiter.check(neighbour, "k") for _ in range(7)]
+    assert [d is not None and d.allowed for d in decisions] == [True] * 5 + [False] * 2
+    assert cluster.client(owner).hget(neighbour.redis_keys("k")[0], "c") is not None
+    await limiter.close()
 
 
 async def test_killing_one_master_only_touches_its_workspaces(cluster, replicas):
@@ -130,7 +157,7 @@ async def test_killing_one_master_only_touches_its_workspaces(cluster, replicas)
     cluster.kill(victim)
 
     def on_victim(ws: str) -> bool:
-        return cluster.slot_owner(crc16_slot(f"rg:{{{ws}}}:rl:p:{ws}:60s")) == victim
+        return cluster.slot_owner(crc16_slot(f"rg:{{{ws}}}")) == victim
 
     closed = groups["closed"]
     survivors = [ws for ws in closed if not on_victim(ws["id"])]
