@@ -2,7 +2,9 @@
 
 The control plane's pool is bounded in time everywhere, so a request never hangs on a
 PostgreSQL that is down or stuck: getting a connection (from the pool, or a new one)
-takes at most ``ACQUIRE_TIMEOUT`` seconds and each command at most ``COMMAND_TIMEOUT``.
+takes at most ``ACQUIRE_TIMEOUT`` seconds, each command at most ``COMMAND_TIMEOUT``, and
+handing back a connection whose command timed out at most ``ACQUIRE_TIMEOUT`` again
+(asyncpg's release budget; past it the connection is dropped).
 Every failure to reach the server comes out as ``DatabaseUnavailable`` (503 with
 Retry-After in the web app). The pool needs no restart afterwards: asyncpg replaces a
 closed connection on the next acquire, so the first request after PostgreSQL returns
@@ -82,11 +84,17 @@ class GuardedPool:
         return getattr(self._pool, name)  # close(), terminate(), get_size() ...
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> GuardedPool:
+async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10, *,
+                      acquire_timeout: float | None = None,
+                      command_timeout: float | None = None) -> GuardedPool:
+    """A GuardedPool; the timeouts default to this module's constants, read at call
+    time (the fault tests shorten them)."""
+    acquire_timeout = ACQUIRE_TIMEOUT if acquire_timeout is None else acquire_timeout
+    command_timeout = COMMAND_TIMEOUT if command_timeout is None else command_timeout
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                          init=_init, timeout=CONNECT_TIMEOUT,
-                                         command_timeout=COMMAND_TIMEOUT)
+                                         command_timeout=command_timeout)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise RateGuardError(f"DATABASE_URL: cannot connect to PostgreSQL ({exc})") from None
-    return GuardedPool(pool)
+    return GuardedPool(pool, acquire_timeout)

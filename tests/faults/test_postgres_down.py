@@ -67,6 +67,26 @@ class RestartablePostgres:
                                 f"-k {self.socket_dir}", "-l", str(self.log), "start")
         self.running = True
 
+    def _signal_all(self, signum: int) -> None:
+        import psutil
+
+        pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        for process in [postmaster, *postmaster.children(recursive=True)]:
+            process.send_signal(signum)
+
+    def freeze(self) -> None:
+        """SIGSTOP every server process: connections stay open and nothing answers,
+        as with a hung server or a network partition."""
+        import signal
+
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        import signal
+
+        self._signal_all(signal.SIGCONT)
+
     async def new_database(self) -> str:
         name = f"rg_{uuid.uuid4().hex[:12]}"
         conn = await asyncpg.connect(self.url)
@@ -303,6 +323,45 @@ async def test_postgres_outage_web_answers_503_proxies_serve_and_catch_up(
     finally:
         for proxy in proxies:
             proxy.stop()
+        await plane.stop()
+
+
+async def test_a_hung_postgres_gets_503_within_the_pool_timeouts_never_a_hang(
+        restarts_pg, monkeypatch, session):
+    from rateguard.db import connection
+
+    # Shortened for the test (defaults: 5 s to get a connection, 10 s per command).
+    monkeypatch.setattr(connection, "ACQUIRE_TIMEOUT", 1.0)
+    monkeypatch.setattr(connection, "COMMAND_TIMEOUT", 2.0)
+    # acquire, command, handing back the timed-out connection, and slack for the machine
+    bound = 1.0 + 2.0 + 1.0 + 1.5
+    pg = restarts_pg
+    plane = await ControlPlane(await pg.new_database()).start()
+    try:
+        owner = await plane.signup("pghung")
+        assert (await plane.call("GET", "/me", owner))[0] == 200
+        pg.freeze()
+        try:
+            # More requests at once than the pool has connections (10).
+            answers = await asyncio.gather(*(
+                timed(fetch(session, "GET", plane.api + "/me", headers=owner.headers))
+                for _ in range(15)))
+        finally:
+            pg.thaw()
+        statuses = [status for (status, _, _), _ in answers]
+        assert statuses == [503] * 15, statuses
+        assert all("Retry-After" in headers for (_, headers, _), _ in answers)
+        slowest = max(took for _, took in answers)
+        assert slowest < bound, f"a request waited {slowest:.2f}s on a hung PostgreSQL"
+        thawed = time.monotonic()
+
+        async def answers_again():
+            return (await plane.call("GET", "/me", owner))[0] == 200
+        assert await wait_until(answers_again, timeout=5, interval=0.05)
+        print(f"\nhung PostgreSQL: 15 requests answered 503 within {slowest:.2f}s "
+              f"(acquire 1 s, command 2 s); 200 again "
+              f"{time.monotonic() - thawed:.2f}s after it resumed")
+    finally:
         await plane.stop()
 
 
