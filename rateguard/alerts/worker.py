@@ -37,7 +37,7 @@ from rateguard.alerts import evaluator, notify
 from rateguard.alerts.store import decrypt_channel, record_attempt
 from rateguard.db.connection import connect
 from rateguard.settings import Settings
-from rateguard.net.egress import from_settings
+from rateguard.snapshot.model import ALWAYS, STRICT
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class AlertsWorker:
             from rateguard.crypto import KeyRing
             self.keyring = KeyRing(settings.ENCRYPTION_KEY)
         # the proxy's SSRF guard for webhook and Slack deliveries
-        self.guard = from_settings(settings)
+        self.guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
+            else ALWAYS
         self.role = "starting"
         self.evaluations = 0
         self.last_evaluation: float | None = None
