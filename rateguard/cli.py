@@ -83,8 +83,11 @@ def proxy(config_file: str | None, host: str, port: int | None, no_events: bool)
     if config_file:
         from rateguard.snapshot.yaml_source import YamlSource, load_file
 
-        load_file(config_file)  # fail now, with one line, if the file is bad
-        source = YamlSource(config_file)
+        from rateguard.net.egress import from_settings
+
+        egress = from_settings(settings)
+        load_file(config_file, egress)  # fail now, with one line, if the file is bad
+        source = YamlSource(config_file, guard=egress)
     elif settings.DATABASE_URL:
         from rateguard.snapshot.pg_source import PgSource
 
@@ -376,7 +379,10 @@ def db_seed(upstream: str, email: str, password: str | None) -> None:
     from rateguard.db.seed import seed
 
     async def main_():
-        async with _repository(settings) as repo:
+        # the operator names the demo's upstream: only what is never allowed is refused
+        from rateguard.net.egress import ALWAYS
+
+        async with _repository(settings, ALWAYS) as repo:
             return await seed(repo, upstream, email=email, password=password)
 
     demo = _run_result(main_())
@@ -401,15 +407,19 @@ def _run_result(coro):
 class _repository:
     """A Repository on a small pool, for one CLI command."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, egress=None) -> None:
         self.settings = settings
+        self.egress = egress  # None: the policy for these settings
 
     async def __aenter__(self):
         from rateguard.db.connection import create_pool
         from rateguard.db.repository import Repository
 
         self.pool = await create_pool(self.settings.DATABASE_URL, min_size=1, max_size=2)
-        return Repository(self.pool, _keyring(self.settings))
+        from rateguard.net.egress import from_settings
+
+        return Repository(self.pool, _keyring(self.settings),
+                          egress=self.egress or from_settings(self.settings))
 
     async def __aexit__(self, *exc) -> None:
         await self.pool.close()

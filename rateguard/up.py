@@ -132,6 +132,7 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
                  web_port: int) -> None:
     from rateguard.alerts.worker import AlertsWorker
     from rateguard.analytics.worker import AnalyticsWorker
+    from rateguard.net.egress import from_settings
     from rateguard.web.app import build_app, start
 
     loop = asyncio.get_running_loop()
@@ -161,7 +162,8 @@ async def _serve(settings: Settings, data_dir: Path, proxy_port: int, metrics_po
         settings.DATABASE_URL, settings.JWT_SECRET, encryption_key=settings.ENCRYPTION_KEY,
         clickhouse=analytics.clickhouse, clickhouse_database=settings.CLICKHOUSE_DATABASE,
         redis_url=settings.REDIS_URL, redis_cluster=settings.redis_cluster,
-        login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL)),
+        login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL),
+        egress=from_settings(settings)),
         "0.0.0.0", web_port)
     web_url = f"http://127.0.0.1:{web_port}"
     step(f"Web             {web_url} (management API {web_url}/api/v1)")

@@ -28,7 +28,8 @@ import aiohttp
 import orjson
 
 from rateguard import __version__
-from rateguard.snapshot.model import ALWAYS, UpstreamGuard
+from rateguard.net.egress import ALWAYS
+from rateguard.net.egress import EgressPolicy as UpstreamGuard
 
 SIGNATURE_HEADER = "X-RateGuard-Signature"
 DELIVERY_HEADER = "X-RateGuard-Delivery"
@@ -100,10 +101,11 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: 
                 timeout: float) -> Result:
     async with session.post(url, data=body, headers=headers, allow_redirects=False,
                             timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-        text = (await response.content.read(512)).decode(errors="replace")
         if 200 <= response.status < 300:
             return Result(True, response.status)
-        return Result(False, response.status, f"HTTP {response.status}: {text[:200]}".strip())
+        # never the body: what a destination answers is not for the people who read
+        # deliveries (it may be an internal service's page)
+        return Result(False, response.status, f"HTTP {response.status}")
 
 
 async def _webhook(channel: Channel, payload: dict, delivery_id: str,
@@ -166,6 +168,19 @@ async def _smtp(channel: Channel, payload: dict, delivery_id: str,
 SENDERS = {"webhook": _webhook, "slack": _slack, "smtp": _smtp}
 
 
+def generic_error(result: Result) -> str:
+    """A short error for a test send: the status or the kind of failure, nothing the
+    destination said (a refusal by the egress policy keeps its reason)."""
+    error = result.error or ""
+    if error.startswith("refused: "):
+        return error
+    if result.status_code is not None:
+        return f"the destination answered HTTP {result.status_code}"
+    if error.startswith("timed out"):
+        return error
+    return "could not deliver (connection or protocol error)"
+
+
 async def deliver(channel: Channel, payload: dict, delivery_id: str,
                   session: aiohttp.ClientSession, timeout: float = 10.0,
                   guard: UpstreamGuard = ALWAYS) -> Result:
@@ -175,8 +190,13 @@ async def deliver(channel: Channel, payload: dict, delivery_id: str,
         if channel.kind in ("webhook", "slack"):
             url = channel.config.get("url", "") if channel.kind == "webhook" else channel.secret
             refused = await refused_destination(url or "", guard)
-            if refused is not None:
-                return Result(False, None, f"refused: {refused}")
+        else:  # smtp: the same policy on its host and every address it resolves to
+            refused = await refused_destination(f"smtp://{channel.config.get('host', '')}",
+                                                guard)
+        if refused is not None:
+            result = Result(False, None, f"refused: {refused}")
+            result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            return result
         result = await asyncio.wait_for(
             SENDERS[channel.kind](channel, payload, delivery_id, session, timeout), timeout)
     except asyncio.TimeoutError:

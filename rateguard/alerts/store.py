@@ -24,7 +24,7 @@ from rateguard.alerts.rules import (
 from rateguard.db import validate
 from rateguard.db.errors import Conflict, Invalid, NotFound
 from rateguard.db.repository import Actor, Repository, new_id, utcnow
-from rateguard.snapshot.model import ALWAYS
+from rateguard.net.egress import ALWAYS, CheckedResolver, EgressPolicy
 
 CHANNEL_FIELDS = {"name", "kind", "url", "secret", "host", "port", "starttls", "tls_verify",
                   "username", "password", "from", "to"}
@@ -36,7 +36,7 @@ _SMTP_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
 
 # -- validation ----------------------------------------------------------------------------
 
-def _url(body: dict, name: str = "url") -> str:
+def _url(body: dict, name: str = "url", egress: EgressPolicy = ALWAYS) -> str:
     value = body.get(name)
     if not isinstance(value, str) or len(value) > 2000:
         raise Invalid(name, "is required: an http(s) URL")
@@ -48,7 +48,7 @@ def _url(body: dict, name: str = "url") -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or any(
             ch in value for ch in "\r\n\x00 "):
         raise Invalid(name, "must be an http(s) URL")
-    refused = ALWAYS.check_host(parts.hostname)  # never metadata or link-local
+    refused = egress.check_host(parts.hostname)  # the one egress policy (net/egress.py)
     if refused is not None:
         raise Invalid(name, refused)
     return value
@@ -61,7 +61,7 @@ def _bool(body: dict, name: str, default: bool) -> bool:
     return value
 
 
-def channel(body: Any) -> tuple[dict, str | None, bool]:
+def channel(body: Any, egress: EgressPolicy = ALWAYS) -> tuple[dict, str | None, bool]:
     """(clean: name, kind, config; the secret to seal or None; whether it was generated)."""
     body = validate.body_object(body, CHANNEL_FIELDS, {"name", "kind"})
     name = validate.text(body, "name")
@@ -73,14 +73,14 @@ def channel(body: Any) -> tuple[dict, str | None, bool]:
         raise Invalid(field, f"is not a field of a {kind} channel")
     generated = False
     if kind == "webhook":
-        config = {"url": _url(body)}
+        config = {"url": _url(body, egress=egress)}
         secret = body.get("secret")
         if secret is None:
             secret, generated = "whsec_" + _secrets.token_urlsafe(32), True
         elif not isinstance(secret, str) or not 16 <= len(secret) <= 256:
             raise Invalid("secret", "must be 16 to 256 characters (omit it to get one made)")
     elif kind == "slack":
-        url = _url(body)
+        url = _url(body, egress=egress)
         parts = urlsplit(url)
         config = {"url_hint": f"{parts.scheme}://{parts.hostname}/..."}  # the URL is a secret
         secret = url
@@ -88,6 +88,9 @@ def channel(body: Any) -> tuple[dict, str | None, bool]:
         host = validate.text(body, "host", max_len=253)
         if not _SMTP_HOST.match(host):
             raise Invalid("host", "must be a host name or address")
+        refused = egress.check_host(host)
+        if refused is not None:
+            raise Invalid("host", refused)
         starttls = _bool(body, "starttls", True)
         port = body.get("port", 587 if starttls else 25)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -199,7 +202,7 @@ class AlertStore:
         return [channel_out(r) for r in rows]
 
     async def create_channel(self, actor: Actor, workspace_id: str, body: Any) -> dict:
-        clean, secret, generated = channel(body)
+        clean, secret, generated = channel(body, self.repo.egress)
         channel_id = new_id("ch")
         sealed = None
         if secret is not None:
@@ -257,9 +260,13 @@ class AlertStore:
                 "INSERT INTO notification_outbox (workspace_id, channel_id, kind, payload)"
                 " VALUES ($1, $2, 'test', $3) RETURNING id", target.workspace_id, target.id,
                 payload)
-        async with aiohttp.ClientSession() as session:
+        egress = self.repo.egress
+        connector = aiohttp.TCPConnector(resolver=CheckedResolver(egress))
+        async with aiohttp.ClientSession(connector=connector) as session:
             result = await notify.deliver(target, payload, f"test-{outbox_id}", session,
-                                          timeout)
+                                          timeout, egress)
+        if not result.ok:  # the caller learns what failed, never what the destination said
+            result.error = notify.generic_error(result)
         async with self.pool.acquire() as conn, conn.transaction():
             await record_attempt(conn, outbox_id, 1, result, final=True)
             await self.repo._audit(conn, target.workspace_id, actor, "alert_channel.test",

@@ -37,7 +37,7 @@ from rateguard.alerts import evaluator, notify
 from rateguard.alerts.store import decrypt_channel, record_attempt
 from rateguard.db.connection import connect
 from rateguard.settings import Settings
-from rateguard.snapshot.model import ALWAYS, STRICT
+from rateguard.net.egress import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ class AlertsWorker:
             from rateguard.crypto import KeyRing
             self.keyring = KeyRing(settings.ENCRYPTION_KEY)
         # the proxy's SSRF guard for webhook and Slack deliveries
-        self.guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
-            else ALWAYS
+        self.guard = from_settings(settings)
         self.role = "starting"
         self.evaluations = 0
         self.last_evaluation: float | None = None

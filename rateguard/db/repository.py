@@ -28,6 +28,7 @@ from rateguard.crypto import KeyRing
 from rateguard.db import validate
 from rateguard.db.connection import CHANNEL
 from rateguard.db.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from rateguard.net.egress import ALWAYS, EgressPolicy
 from rateguard.snapshot.keys import hash_key, new_key
 
 REFRESH_TTL = timedelta(days=30)
@@ -156,9 +157,13 @@ def host_owner_out(row) -> dict:
 
 class Repository:
     def __init__(self, pool: asyncpg.Pool, keyring: KeyRing | None = None,
-                 hasher: PasswordHasher | None = None) -> None:
+                 hasher: PasswordHasher | None = None,
+                 egress: EgressPolicy = ALWAYS) -> None:
         self.pool = pool
         self.keyring = keyring
+        # the one egress policy (rateguard/net/egress.py), from Settings: upstream URLs
+        # and alert destinations are refused here exactly as at connect time
+        self.egress = egress
         self.hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
 
@@ -620,7 +625,7 @@ class Repository:
                            "prefix") from None
 
     async def create_api(self, actor: Actor, workspace_id: str, body: Any) -> dict:
-        clean = validate.api(body)
+        clean = validate.api(body, egress=self.egress)
         api_id = new_id("api")
         sealed = self._seal_headers(api_id, clean.get("upstream_headers", {}))
         async with self.pool.acquire() as conn, conn.transaction():
@@ -644,7 +649,7 @@ class Repository:
         async with self.pool.acquire() as conn, conn.transaction():
             current_row = await self._api_row(conn, workspace_id, api_id, True)
             current = api_out(current_row)
-            clean = validate.api(body, current)
+            clean = validate.api(body, current, self.egress)
             sealed = current_row["upstream_headers"]
             if "upstream_headers" in clean:
                 sealed = self._seal_headers(api_id, clean["upstream_headers"])

@@ -12,10 +12,12 @@ import math
 import re
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from rateguard.db.errors import Invalid
 from rateguard.errors import ConfigError
 from rateguard.limiter.policy import ALGORITHMS, FAILURE_MODES, MODES, SCOPES, Policy, parse_limit
+from rateguard.net.egress import ALWAYS, EgressPolicy
 from rateguard.proxy.routing import safe_path
 from rateguard.snapshot.model import Upstream
 
@@ -168,7 +170,7 @@ API_FIELDS = {"name", "host", "prefix", "upstream_url", "strip_prefix", "policy_
               "timeout_seconds", "max_body_bytes", "upstream_headers"}
 
 
-def api(body: Any, current: dict | None = None) -> dict:
+def api(body: Any, current: dict | None = None, egress: EgressPolicy = ALWAYS) -> dict:
     """An API to create, or the merged result of a partial update. ``upstream_headers``
     is only in the result when the body sets it (values are secrets, stored encrypted)."""
     body = body_object(body, API_FIELDS,
@@ -190,10 +192,16 @@ def api(body: Any, current: dict | None = None) -> dict:
     upstream = merged.get("upstream_url")
     if not isinstance(upstream, str) or len(upstream) > 2000 or not upstream.isprintable():
         raise Invalid("upstream_url", "must be a URL such as http://orders.internal:8080/v1")
+    if current is not None and upstream == current.get("upstream_url"):
+        egress = ALWAYS  # unchanged: only a new destination meets the production rule
     try:
-        Upstream.parse(upstream)
+        refused = egress.check_host(urlsplit(upstream).hostname or "")
+        if refused is None:
+            Upstream.parse(upstream, egress)
     except (ConfigError, ValueError):
         raise Invalid("upstream_url", "must be http(s)://host[:port][/path]") from None
+    if refused is not None:
+        raise Invalid("upstream_url", refused)
     strip = merged.get("strip_prefix", True)
     if not isinstance(strip, bool):
         raise Invalid("strip_prefix", "must be true or false")

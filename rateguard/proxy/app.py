@@ -24,7 +24,8 @@ from rateguard.proxy.http_server import ProxyServer
 from rateguard.proxy.metrics import ProxyMetrics
 from rateguard.proxy.upstream import UpstreamPool
 from rateguard.settings import Settings
-from rateguard.snapshot.model import ALWAYS, STRICT, Snapshot
+from rateguard.net.egress import from_settings
+from rateguard.snapshot.model import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ class ProxyApp:
             def publish(event) -> None:
                 pass
 
-        guard = STRICT if settings.production and not settings.ALLOW_PRIVATE_UPSTREAMS \
-            else ALWAYS
+        guard = from_settings(settings)
         pool = UpstreamPool(connect_timeout=settings.UPSTREAM_CONNECT_TIMEOUT, guard=guard)
         self.server = ProxyServer(
             gateway, pool, publish=publish, metrics=metrics,

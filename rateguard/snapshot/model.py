@@ -6,112 +6,18 @@ precomputed tables, never a database call.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
 from rateguard.errors import ConfigError
 from rateguard.limiter.policy import Policy
+from rateguard.net.egress import ALWAYS, STRICT, EgressPolicy  # noqa: F401 (re-exported)
 
 
-# -- SSRF guard for configured upstreams ---------------------------------------------------
-
-# Cloud metadata services by name (their addresses are link-local, refused below).
-METADATA_HOSTS = frozenset({
-    "metadata", "metadata.google.internal", "metadata.goog", "instance-data",
-    "instance-data.ec2.internal", "metadata.azure.internal", "metadata.platformequinix.com",
-})
-# Always refused: link-local (169.254.169.254 and every cloud's metadata service, ECS
-# task credentials, fe80::), "this network" (0.0.0.0 reaches the host itself), the
-# metadata addresses outside link-local (AWS IPv6, Alibaba), multicast and broadcast.
-_ALWAYS_REFUSED = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128", "fd00:ec2::254/128",
-    "100.100.100.200/32", "224.0.0.0/4", "ff00::/8", "255.255.255.255/32",
-))
-# Refused in production unless ALLOW_PRIVATE_UPSTREAMS: RFC 1918, carrier-grade NAT,
-# unique-local IPv6, and loopback (the proxy's own ports, sidecars, node-local services).
-_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
-    "127.0.0.0/8", "::1/128",
-))
-
-
-def _literal_address(host: str):
-    """The IP address a host string denotes, also in the legacy IPv4 forms resolvers
-    accept (``2852039166``, ``0xA9FEA9FE``, ``0251.0376.0251.0376``); None for a name."""
-    host = host.strip("[]").rstrip(".")
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        if not host or not all(c in "0123456789abcdefx." for c in host.lower()):
-            return None
-        try:
-            address = ipaddress.ip_address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamGuard:
-    """Which upstream addresses a config may name. ``allow_private=False`` (production
-    without ALLOW_PRIVATE_UPSTREAMS) also refuses private and loopback addresses."""
-
-    allow_private: bool = True
-
-    def check_address(self, address) -> str | None:
-        """Why an IP address is refused, or None. Also usable on resolved addresses."""
-        if isinstance(address, str):
-            address = _literal_address(address)
-            if address is None:
-                return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if any(address in net for net in _ALWAYS_REFUSED if net.version == address.version):
-            return f"{address} is link-local, metadata or otherwise unroutable; never allowed"
-        if not self.allow_private and any(
-                address in net for net in _PRIVATE if net.version == address.version):
-            return (f"{address} is a private or loopback address; refused in production "
-                    "unless ALLOW_PRIVATE_UPSTREAMS=true")
-        return None
-
-    def check_host(self, host: str) -> str | None:
-        name = host.lower().rstrip(".")
-        if name in METADATA_HOSTS:
-            return f"{host} is a cloud metadata service; never allowed"
-        if not self.allow_private and (name == "localhost" or name.endswith(".localhost")):
-            return (f"{host} is loopback; refused in production unless "
-                    "ALLOW_PRIVATE_UPSTREAMS=true")
-        address = _literal_address(name)
-        return None if address is None else self.check_address(address)
-
-
-ALWAYS = UpstreamGuard(allow_private=True)   # development, or ALLOW_PRIVATE_UPSTREAMS
-STRICT = UpstreamGuard(allow_private=False)  # production default
-
-
-def guard_from_env(environ: Mapping[str, str] | None = None) -> UpstreamGuard:
-    """The guard for RATEGUARD_ENV and ALLOW_PRIVATE_UPSTREAMS (parsed as Settings does)."""
-    import os
-
-    from rateguard.settings import SPEC
-
-    env = os.environ if environ is None else environ
-
-    def value(name: str):
-        parse, default, _ = SPEC[name]
-        raw = (env.get(name) or "").strip()
-        try:
-            return parse(raw) if raw else default
-        except ValueError:
-            return default
-
-    production = value("RATEGUARD_ENV") == "production"
-    return STRICT if production and not value("ALLOW_PRIVATE_UPSTREAMS") else ALWAYS
+# The SSRF rule for upstreams is the one egress policy (rateguard/net/egress.py); these
+# names stay for the callers that take a guard.
+UpstreamGuard = EgressPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +36,9 @@ class Upstream:
     @classmethod
     def parse(cls, url: str, guard: UpstreamGuard = ALWAYS) -> "Upstream":
         """Parse and check an upstream URL. The default guard refuses what is never
-        allowed (link-local, metadata); pass ``guard_from_env()`` or ``STRICT`` for
-        the production rule on private and loopback addresses."""
+        allowed (link-local, metadata); pass the policy built from Settings
+        (``rateguard.net.egress.from_settings``) for the production rule on private and
+        loopback addresses."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"upstream {url!r}: expected http(s)://host[:port][/path]")

@@ -32,6 +32,7 @@ from rateguard.crypto import KeyRing
 from rateguard.db.connection import create_pool
 from rateguard.db.errors import DatabaseUnavailable
 from rateguard.db.repository import Repository
+from rateguard.net.egress import ALWAYS, EgressPolicy, from_settings
 from rateguard.web.api.registry import (
     CLICKHOUSE, CLICKHOUSE_DB, REPO, TOKENS, add_routes, error_response, errors_middleware,
 )
@@ -131,7 +132,8 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
               usage_interval: float = 30.0, access_ttl: int | None = None,
               secure_cookies: bool = False, redis_url: str | None = None,
               redis_cluster: bool = False,
-              login_limits: tuple[str, str] = ("30/min", "10/min")) -> web.Application:
+              login_limits: tuple[str, str] = ("30/min", "10/min"),
+              egress: EgressPolicy = ALWAYS) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, database_middleware],
                           client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
@@ -142,7 +144,7 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
 
     async def database(app: web.Application):
         pool = await create_pool(database_url)
-        app[REPO] = Repository(pool, keyring)
+        app[REPO] = Repository(pool, keyring, egress=egress)
         yield
         await pool.close()
 
@@ -210,7 +212,8 @@ async def serve(settings, host: str, port: int) -> None:
                     clickhouse_database=settings.CLICKHOUSE_DATABASE,
                     secure_cookies=settings.production, redis_url=settings.REDIS_URL,
                     redis_cluster=settings.redis_cluster,
-                    login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL))
+                    login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL),
+                    egress=from_settings(settings))
     runner = await start(app, host, port)
     log.info("web: dashboard on http://%s:%d/, management API on /api/v1", host, port)
     loop = asyncio.get_running_loop()

@@ -374,7 +374,10 @@ async def test_rules_and_channels_are_validated_and_scoped_to_the_workspace(plan
 async def test_cli_manages_rules_and_sends_a_test_notification(plane, receiver, tenant):
     hook = "/" + unique("cli")
     channel = await tenant.channel(name="cli", kind="webhook", url=receiver.url(hook))
-    env = {**os.environ, "DATABASE_URL": plane.database_url, "ENCRYPTION_KEY": ENCRYPTION_KEY}
+    # The receiver is on 127.0.0.1: a development instance (production refuses loopback
+    # destinations, test sends included, unless ALLOW_PRIVATE_UPSTREAMS).
+    env = {**os.environ, "DATABASE_URL": plane.database_url, "ENCRYPTION_KEY": ENCRYPTION_KEY,
+           "RATEGUARD_ENV": "development"}
 
     async def cli(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(

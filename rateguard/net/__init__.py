@@ -1,0 +1,1 @@
+"""Outbound connections: which destinations the server may reach (egress.py)."""
