@@ -241,7 +241,9 @@ async def test_policy_crud(plane, owner):
 
 @pytest.mark.parametrize("body,field,words", [
     ({"name": "p", "limits": []}, "limits", "non-empty"),
-    ({"name": "p", "limits": ["0/s"]}, "limits[0]", "positive"),
+    ({"name": "p", "limits": ["0/s"]}, "limits[0]", "between 1 and"),
+    ({"name": "p", "limits": ["99999999999999999999999/s"]}, "limits[0]", "between 1 and"),
+    ({"name": "p", "limits": ["1/99999999999999999999d"]}, "limits[0]", "366 days"),
     ({"name": "p", "limits": ["10/s", "-5/m"]}, "limits[1]", "expected"),
     ({"name": "p", "limits": ["10/parsec"]}, "limits[0]", "unknown unit"),
     ({"name": "p", "limits": [10]}, "limits[0]", "string"),
