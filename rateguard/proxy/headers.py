@@ -16,7 +16,7 @@ HOP_BY_HOP = frozenset({
 # Request headers the proxy sets itself or consumes.
 _REQUEST_OWN = frozenset({
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"x-request-id", b"x-api-key", b"forwarded",
+    b"x-forwarded-host", b"x-request-id", b"x-api-key",
 })
 # Response headers the proxy sets itself.
 _RESPONSE_OWN = frozenset({
@@ -43,47 +43,54 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+def forwarding_hop(client_ip: bytes, proto: bytes) -> bytes:
+    """What this hop adds to a forwarded request, one bytes object per connection (and
+    proto), ready to follow ``x-forwarded-for: <earlier hops>, ``: the peer address,
+    ``X-Forwarded-Proto``, ``Via: 1.1 rateguard`` (RFC 9110 7.6.3) and this hop's RFC
+    7239 ``Forwarded`` element (its ``host=`` parameter follows per request)."""
+    node = b'"[%s]"' % client_ip if b":" in client_ip else client_ip  # RFC 7239 6
+    return (client_ip + b"\r\nx-forwarded-proto: " + proto + b"\r\nvia: 1.1 rateguard"
+            b"\r\nforwarded: for=" + node + b";proto=" + proto)
+
+
 def upstream_request_head(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, host: bytes,
-    client_ip: bytes, proto: bytes, original_host: bytes | None, request_id: bytes,
-    framing: bytes, drop: frozenset[bytes], extra: tuple[tuple[bytes, bytes], ...] = (),
-    forwarded_for: bytes = b"", trusted_peer: bool = False,
+    original_host: bytes | None, request_id: bytes, framing: bytes, drop: frozenset[bytes],
+    extra: tuple[tuple[bytes, bytes], ...] = (), hop: bytes | None = None,
+    client_ip: bytes = b"", proto: bytes = b"http",
 ) -> bytes:
     """The request line and headers sent upstream. ``headers`` have lowercase names;
     ``framing`` is b"content-length: N\\r\\n", b"transfer-encoding: chunked\\r\\n" or b"";
-    ``drop`` holds extra lowercase names to remove (Connection tokens, the API key).
+    ``drop`` holds extra lowercase names to remove (Connection tokens, the API key, and
+    ``forwarded`` unless the peer is a trusted proxy); ``hop`` is
+    :func:`forwarding_hop` (made from ``client_ip`` and ``proto`` when not given).
 
     ``X-Forwarded-For``: the client's lines, combined in order, then the peer address.
-    ``Forwarded`` (RFC 7239): the client's lines only from a trusted proxy
-    (``trusted_peer``), then this hop's element, ``forwarded_for`` (``for=...``) with
-    proto and host. ``Via: 1.1 rateguard`` follows any the client sent (RFC 9110 7.6.3).
+    ``Forwarded``: the client's lines (when not dropped), then this hop's element, with
+    ``host=`` the request's Host. ``Via: 1.1 rateguard`` follows any the client sent.
     X-Forwarded-Proto/-Host and X-Request-Id are the proxy's own."""
-    prior_for = prior_forwarded = None
+    prior_for = None
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     for name, value in headers:
         if name in HOP_BY_HOP or name in _REQUEST_OWN or name in drop:
             if name == b"x-forwarded-for":
                 prior_for = value if prior_for is None else prior_for + b", " + value
-            elif name == b"forwarded" and trusted_peer:
-                prior_forwarded = (value if prior_forwarded is None
-                                   else prior_forwarded + b", " + value)
             continue
         parts += (name, b": ", value, b"\r\n")
     for name, value in extra:
         parts += (name, b": ", value, b"\r\n")
-    parts.append(b"x-forwarded-for: ")
-    if prior_for is not None:
-        parts += (prior_for, b", ")
-    parts += (client_ip, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-request-id: ", request_id,
-              b"\r\nvia: 1.1 rateguard\r\nforwarded: ")
-    if prior_forwarded is not None:
-        parts += (prior_forwarded, b", ")
-    parts += (forwarded_for or b"for=" + client_ip, b";proto=", proto)
-    if original_host:
-        parts += (b';host="', original_host, b'"\r\nx-forwarded-host: ', original_host, b"\r\n")
+    if hop is None:
+        hop = forwarding_hop(client_ip, proto)
+    if prior_for is None:
+        parts += (b"x-request-id: ", request_id, b"\r\nx-forwarded-for: ", hop)
     else:
-        parts.append(b"\r\n")
-    parts += (framing, b"\r\n")
+        parts += (b"x-request-id: ", request_id, b"\r\nx-forwarded-for: ", prior_for, b", ",
+                  hop)
+    if original_host:
+        parts += (b';host="', original_host, b'"\r\nx-forwarded-host: ', original_host,
+                  b"\r\n", framing, b"\r\n")
+    else:
+        parts += (b"\r\n", framing, b"\r\n")
     return b"".join(parts)
 
 

@@ -41,7 +41,6 @@ LINGER_SECONDS = 2.0  # reading and dropping a refused body before closing
 # Longest pause of a client that does not read its response (nginx's send_timeout): a
 # reader that takes anything at all within this keeps its download going.
 SEND_SECONDS = 120.0
-MAX_CACHED_HOSTS = 1024  # Host values already checked (valid or not)
 
 
 class _HeadTooLarge(Exception):
@@ -56,8 +55,8 @@ def _content_length(value: bytes) -> int:
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_NO_TOKENS: frozenset[bytes] = frozenset()
-_VIA = b"via: 1.1 rateguard\r\n"  # RFC 9110 7.6.3, on every forwarded message
+_AUTHORIZATION = frozenset({b"authorization"})
+_FORWARDED = frozenset({b"forwarded"})
 
 
 class Exchange:
@@ -156,11 +155,12 @@ class Exchange:
             self.request_id = request_id.decode("ascii")
         else:
             self.request_id = server.next_request_id()
-        if host is not None:
-            valid = server.valid_hosts.get(host)
-            if valid is None:
-                valid = server.check_host(host)
-            if not valid:
+        # RFC 9112 3.2: an invalid Host is 400. A connection sends the same one request
+        # after request: the last valid value is remembered.
+        if host is not None and host != client.valid_host:
+            if rh.valid_host(host):
+                client.valid_host = host
+            else:
                 self.refusal = (400, "bad_request", "invalid Host header", ())
         if "%" in self.path and rh.overlong_utf8(self.path):
             self.refusal = (400, "bad_request", "path is not allowed", ())
@@ -306,16 +306,21 @@ class Exchange:
             framing = b"content-length: %d\r\n" % self.content_length
         else:
             framing = b""
-        drop = h.connection_tokens(self.headers) if self.has_connection else _NO_TOKENS
-        if admission.drop_authorization:
-            drop = drop | {b"authorization"}
         client = self.client
+        # Names not forwarded beyond the hop-by-hop ones (per connection, no set built
+        # per request): Forwarded from untrusted peers, the API key's Authorization.
+        if self.has_connection:
+            drop = h.connection_tokens(self.headers) | client.drop
+            if admission.drop_authorization:
+                drop = drop | _AUTHORIZATION
+        else:
+            drop = client.drop_key if admission.drop_authorization else client.drop
+        proto = self.proto
+        hop = client.hop if proto == b"http" else h.forwarding_hop(client.client_ip_bytes, proto)
         head = h.upstream_request_head(
             self.method, target, self.headers, host=api.upstream.host_header,
-            client_ip=client.client_ip_bytes, proto=self.proto, original_host=self.host,
-            request_id=self.request_id.encode(), framing=framing, drop=drop,
-            extra=api.upstream_headers, forwarded_for=client.forwarded_node,
-            trusted_peer=client.trusted_peer)
+            original_host=self.host, request_id=self.request_id.encode(), framing=framing,
+            drop=drop, extra=api.upstream_headers, hop=hop)
         if self.expect is not None and self.expect.lower() == b"100-continue" \
                 and not self.body_done and not self.http10:
             self.client.write(_CONTINUE)
@@ -447,7 +452,7 @@ class Exchange:
             self.complete(False)
 
     def response_lines(self) -> list[bytes]:
-        lines = [self.server.date.line, _VIA,
+        lines = [self.server.date.line_via,
                  b"x-request-id: " + self.request_id.encode() + b"\r\n"]
         admission = self.admission
         if admission is not None and admission.lines:
@@ -573,7 +578,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "client_ip", "client_ip_bytes", "url",
                  "headers", "head_bytes", "current", "active", "pending", "paused_for",
                  "closing", "writing_paused", "idle_since", "head_since", "linger_until",
-                 "forwarded_node", "trusted_peer", "write_paused_at", "final")
+                 "hop", "drop", "drop_key", "write_paused_at", "final", "valid_host")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -594,8 +599,9 @@ class ClientConnection(asyncio.Protocol):
         # The last request this connection serves has been read (Connection: close,
         # HTTP/1.0): whatever the client sends after it is dropped, not parsed.
         self.final = False
-        self.forwarded_node = b"for=unknown"
-        self.trusted_peer = False
+        self.hop = b""
+        self.valid_host = b""
+        self.drop = self.drop_key = _FORWARDED
         # Deadlines checked by the server's sweep (no timer per request).
         self.idle_since = server.loop.time()
         # When an unanswered request head started, 0 if none. A new connection owes
@@ -610,11 +616,11 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.client_ip_bytes = self.client_ip.encode()
-        # RFC 7239 6: an IPv6 node is bracketed and quoted.
-        self.forwarded_node = (b'for="[%s]"' % self.client_ip_bytes if ":" in self.client_ip
-                               else b"for=" + self.client_ip_bytes)
-        trusted = self.server.trusted_proxies
-        self.trusted_peer = bool(trusted) and is_trusted(self.client_ip, trusted)
+        self.hop = h.forwarding_hop(self.client_ip_bytes, b"http")
+        # A client's Forwarded is passed on only from a trusted proxy (as X-Forwarded-*).
+        if is_trusted(self.client_ip, self.server.trusted_proxies):
+            self.drop = frozenset()
+        self.drop_key = self.drop | _AUTHORIZATION
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             try:
@@ -838,7 +844,6 @@ class ProxyServer:
         self.trusted_proxies = trusted_proxies
         self.send_timeout = send_timeout
         self.date = rh.DateLine()  # refreshed by the sweep
-        self.valid_hosts: dict[bytes, bool] = {}
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
@@ -861,16 +866,6 @@ class ProxyServer:
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
-
-    def check_host(self, value: bytes) -> bool:
-        """Whether a Host value is valid (RFC 9110 7.2), remembered."""
-        valid = rh.valid_host(value)
-        hosts = self.valid_hosts
-        if len(value) <= 256:
-            if len(hosts) >= MAX_CACHED_HOSTS:
-                hosts.clear()
-            hosts[value] = valid
-        return valid
 
     def next_request_id(self) -> str:
         self._id_counter += 1

@@ -76,14 +76,15 @@ def version_refusal(version: str) -> tuple[int, str] | None:
 class DateLine:
     """The ``date: ...\\r\\n`` line every response carries (RFC 9110 6.6.1), formatted
     once per second, not per response. ``refresh`` is called by the server's periodic
-    sweep (every 0.1 s); ``line`` is read by every response."""
+    sweep (every 0.1 s); ``line`` is read by every response the proxy makes, ``line_via``
+    (the same with ``via: 1.1 rateguard``, RFC 9110 7.6.3) by every one it relays."""
 
-    __slots__ = ("line", "_second", "_clock")
+    __slots__ = ("line", "line_via", "_second", "_clock")
 
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
         self._second = -1
-        self.line = b""
+        self.line = self.line_via = b""
         self.refresh()
 
     def refresh(self) -> bytes:
@@ -92,4 +93,5 @@ class DateLine:
         if second != self._second:
             self._second = second
             self.line = b"date: " + formatdate(second, usegmt=True).encode() + b"\r\n"
+            self.line_via = self.line + b"via: 1.1 rateguard\r\n"
         return self.line
