@@ -61,24 +61,51 @@ s.COMPONENTS.update({
 for _name in ("AlertChannel", "AlertRule", "AlertTransition", "AlertDelivery"):
     s.COMPONENTS[_name + "List"] = s.items_of(_name)
 
+HTTP_URL = {**s.HTTP_URL, "description": "an http(s) URL; link-local and cloud-metadata "
+                                            "hosts are refused"}
+EMAIL = {"type": "string", "format": "email", "maxLength": 254}
+_CHANNEL_COMMON = {"name": s.NAME}
+
+
+def _channel_kind(kind: str, properties: dict, required: list[str], description: str,
+                  **extra) -> dict:
+    return {"type": "object", "title": kind, "description": description, **extra,
+            "required": ["name", "kind", *required], "additionalProperties": False,
+            "properties": {**_CHANNEL_COMMON, "kind": {"type": "string", "enum": [kind]},
+                           **properties}}
+
+
 CHANNEL_IN = {
-    "type": "object", "required": ["name", "kind"], "additionalProperties": False,
-    "description": "webhook: url, secret (optional: one is made and returned once). "
-                   "slack: url (the incoming-webhook URL, stored encrypted). smtp: host, "
-                   "port, starttls (default true), tls_verify, username, password, from, to.",
-    "properties": {
-        "name": s.NAME, "kind": _CHANNEL_KIND,
-        "url": {"type": "string", "description": "webhook and slack: http(s) URL"},
-        "secret": {"type": "string", "minLength": 16, "maxLength": 256},
-        "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1,
-                                             "maximum": 65535},
-        "starttls": {"type": "boolean", "default": True},
-        "tls_verify": {"type": "boolean", "default": True},
-        "username": {"type": "string"}, "password": {"type": "string"},
-        "from": {"type": "string", "format": "email"},
-        "to": {"type": "array", "items": {"type": "string", "format": "email"},
-               "minItems": 1, "maxItems": 20},
-    },
+    "description": "One of three kinds, chosen by 'kind'; a field of another kind is "
+                   "refused (422).",
+    "oneOf": [
+        _channel_kind("webhook", {
+            "url": HTTP_URL,
+            "secret": {"type": "string", "minLength": 16, "maxLength": 256,
+                       "description": "the signing secret; omit it to get one made and "
+                                      "returned once"},
+        }, ["url"], "a signed JSON webhook"),
+        _channel_kind("slack", {"url": {**HTTP_URL, "description": "the incoming-webhook "
+                                                                   "URL, stored encrypted"}},
+                      ["url"], "a Slack incoming webhook"),
+        _channel_kind("smtp", {
+            "host": {"type": "string", "maxLength": 253,
+                     "pattern": "^([A-Za-z0-9.-]{1,253}|\\[?[0-9A-Fa-f:.]+\\]?)$"},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535,
+                     "description": "default 587 with starttls, else 25"},
+            "starttls": {"type": "boolean", "default": True},
+            "tls_verify": {"type": "boolean", "default": True},
+            "username": {"type": "string", "minLength": 1, "maxLength": 254,
+                         "pattern": "^[^\\x00-\\x20\\x7f-\\x9f]([^\\x00-\\x1f\\x7f-\\x9f]*"
+                                    "[^\\x00-\\x20\\x7f-\\x9f])?$"},
+            "password": {"type": "string", "minLength": 1, "maxLength": 1024,
+                         "description": "needs username"},
+            "from": EMAIL,
+            "to": {"type": "array", "items": EMAIL, "minItems": 1, "maxItems": 20},
+        }, ["host", "from", "to"], "email through an SMTP server",
+            dependentRequired={"password": ["username"]}),
+    ],
+    "discriminator": {"propertyName": "kind"},
 }
 RULE_IN = s.obj({
     "name": s.NAME,

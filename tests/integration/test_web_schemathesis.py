@@ -72,7 +72,8 @@ async def served(new_database, workdir):
                 async with http.post(f"{base}/api/v1/workspaces/{workspace}/{kind}",
                                      headers=auth, json=body) as response:
                     assert response.status == 201, await response.text()
-        yield {"base": base, "auth": auth, "workspace": workspace}
+        yield {"base": base, "auth": auth, "workspace": workspace,
+               "refresh": session["refresh_token"]}
     finally:
         stop_process(proc)
 
@@ -108,3 +109,40 @@ def test_the_served_api_matches_its_openapi_document(openapi, served, method, pa
         case.call_and_validate(base_url=served["base"], headers=served["auth"], checks=CHECKS)
 
     check()
+
+
+# Every check but those about the server's own freedom of answer: "ignored_auth" would flag
+# the public operations (their documented security is empty), and the latency budget
+# belongs to the benchmarks.
+PHASE_CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+                "response_schema_conformance,positive_data_acceptance,"
+                "use_after_free,ensure_resource_availability")
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 21, open: the document is not yet as strict as the server; schemathesis still "
+    "finds schema-valid data refused: ids that name nothing (422 no such policy/API), "
+    "limits sharing a window, past expiry and analytics ranges over 400 days (the hooks' "
+    "filters are not applied in the coverage phase), unroutable hosts such as 0.0.0.0, "
+    "control characters in query ids"))
+def test_schemathesis_coverage_fuzzing_and_stateful_phases(served, workdir):
+    """`schemathesis run` with its coverage, fuzzing and stateful phases, an auth hook
+    that refreshes tokens (schemathesis_hooks.py), every operation but logout; any
+    failure, including positive data the server refuses, fails the test."""
+    report = os.environ.get("RATEGUARD_ST_LOG") or workdir / "schemathesis-phases.txt"
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks",
+           "RG_ST_BASE": served["base"], "RG_ST_REFRESH": served["refresh"],
+           "RG_ST_WORKSPACE": served["workspace"]}
+    command = [sys.executable, "-m", "schemathesis.cli", "run",
+               served["base"] + "/api/v1/openapi.json",
+               "--phases", "examples,coverage,fuzzing,stateful",
+               "--checks", PHASE_CHECKS, "--exclude-operation-id", "logout",
+               "--max-examples", os.environ.get("RATEGUARD_ST_EXAMPLES", "5"),
+               "--generation-deterministic", "--workers", "1",
+               "--suppress-health-check", "all", "--no-color"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    with open(report, "w") as out:
+        out.write(result.stdout + result.stderr)
+    tail = (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 0, f"schemathesis found failures (full log {report}):\n{tail}"

@@ -15,8 +15,11 @@ from rateguard.web.api.registry import CLICKHOUSE, CLICKHOUSE_DB, Ctx, Param, op
 
 MAX_RANGE = timedelta(days=400)
 RANGE = (
-    Param("from", {"type": "string", "format": "date-time"}, "start (default: an hour before 'to')"),
-    Param("to", {"type": "string", "format": "date-time"}, "end (default: now)"),
+    Param("from", {"type": "string", "format": "date-time"},
+          "start (default: an hour before 'to'); before 'to', at most 400 days before it, "
+          "from 2000-01-01 to 9000-12-31"),
+    Param("to", {"type": "string", "format": "date-time"},
+          "end (default: now); from 2000-01-01 to 9000-12-31"),
     Param("api_id", {"type": "string", "maxLength": 64}, "only this API"),
 )
 STEP = Param("step", {"type": "integer", "minimum": 60, "maximum": 86400},

@@ -165,7 +165,7 @@ async def _read_body(ctx: Ctx, operation: Operation) -> None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ControlError("request body: not valid JSON") from None
     try:
-        _check_values(ctx.body, "body")
+        ctx.body = _check_values(ctx.body, "body")
     except RecursionError:
         raise ControlError("request body: nested too deeply") from None
 
@@ -184,22 +184,25 @@ def _has_surrogate(value: str) -> bool:
     return False
 
 
-def _check_values(value: Any, where: str) -> None:
+def _check_values(value: Any, where: str) -> Any:
     """Refuse, anywhere in a JSON body, what no field can hold: numbers that are not
     finite (NaN, Infinity, 1e999), strings with a NUL (PostgreSQL text cannot store one)
-    or a lone UTF-16 surrogate (\\ud800: not a character, cannot be encoded)."""
+    or a lone UTF-16 surrogate (\\ud800: not a character, cannot be encoded). Returns the
+    body with whole-number floats as integers: JSON Schema's ``integer`` includes 3.0."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise Invalid(where, "must be a finite number (NaN and Infinity are not accepted)")
-    elif isinstance(value, str):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_values(item, f"{where}[{i}]")
+        return [_check_values(item, f"{where}[{i}]") for i, item in enumerate(value)]
     elif isinstance(value, dict):
-        for name, item in value.items():
+        for name in value:
             _check_text(name, where)
-            _check_values(item, name if where == "body" else f"{where}.{name}")
+        return {name: _check_values(item, name if where == "body" else f"{where}.{name}")
+                for name, item in value.items()}
+    return value
 
 
 def _check_text(value: str, where: str) -> None:

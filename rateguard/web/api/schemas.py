@@ -25,15 +25,24 @@ def items_of(name: str) -> dict:
 
 STR = {"type": "string"}
 ID = {"type": "string", "minLength": 1, "maxLength": 64}
-NULL_ID = {"type": ["string", "null"], "maxLength": 64}
+NULL_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 64}
 TIME = {"type": "string", "format": "date-time"}
 NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 INT = {"type": "integer", "minimum": 0}
 ROLE = {"type": "string", "enum": ["owner", "admin", "viewer"]}
-NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+# Text fields: printable (no control characters), at most 100 characters once the
+# surrounding spaces are trimmed; the server trims them.
+PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
+NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^\\x00-\\x20\\x7f-\\x9f"
+        "\\u2028\\u2029]([^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*[^\\x00-\\x20\\x7f-\\x9f\\u2028\\u2029])?$",
+        "description": "printable text, 1 to 100 characters, no spaces at either end"}
 LIMIT = {"type": "string", "description": "<count>/<window>, e.g. 100/s, 5000/h, 10/5m",
          "examples": ["100/s"]}
 NULL_NUM = {"type": ["number", "null"]}
+# An http(s) URL with a named host, an optional port and a path of visible ASCII.
+HTTP_URL = {"type": "string", "maxLength": 2000,
+            "pattern": "^https?://[A-Za-z][A-Za-z0-9-]*(\\.[A-Za-z0-9-]+)*(:[1-9][0-9]{0,3})?"
+                       "(/[!-~]*)?$"}
 
 COMPONENTS = {
     "Error": obj({
@@ -133,21 +142,24 @@ for _name in ("Workspace", "Member", "Invitation", "Policy", "Api", "Key", "Audi
 SIGNUP = obj({
     "email": {"type": "string", "format": "email", "maxLength": 254},
     "password": {"type": "string", "minLength": 8, "maxLength": 256},
-    "name": {"type": "string", "maxLength": 100},
+    "name": {"type": "string", "maxLength": 100, "pattern": PRINTABLE},
     "workspace_name": NAME,
-    "invitation": {"type": "string", "description": "an invitation token: join its workspace "
-                                                     "instead of creating one"},
+    "invitation": {"type": ["string", "null"], "maxLength": 200,
+                   "description": "an invitation token: join its workspace instead of "
+                                  "creating one (null or absent: a new workspace)"},
 }, ["email", "password"])
-LOGIN = obj({"email": {"type": "string", "maxLength": 254},
-             "password": {"type": "string", "maxLength": 256}})
-REFRESH = obj({"refresh_token": STR})
-ACCEPT = obj({"token": STR})
+LOGIN = obj({"email": {"type": "string", "minLength": 1, "maxLength": 256},
+             "password": {"type": "string", "minLength": 1, "maxLength": 256}})
+TOKEN = {"type": "string", "minLength": 1, "maxLength": 200}
+REFRESH = obj({"refresh_token": TOKEN})
+ACCEPT = obj({"token": TOKEN})
 WORKSPACE_IN = obj({"name": NAME})
 ROLE_IN = obj({"role": ROLE})
 INVITATION_IN = obj({"email": {"type": "string", "format": "email"}, "role": ROLE})
 _POLICY_PROPS = {
     "name": NAME,
-    "limits": {"type": "array", "items": LIMIT, "minItems": 1, "maxItems": 10},
+    "limits": {"type": "array", "items": LIMIT, "minItems": 1, "maxItems": 10,
+               "description": "all must admit a request; no two limits may share a window"},
     "scope": {"type": "string", "enum": list(SCOPES), "default": "key"},
     "mode": {"type": "string", "enum": list(MODES), "default": "enforce"},
     "algorithm": {"type": "string", "enum": list(ALGORITHMS), "default": "sliding_window"},
@@ -159,7 +171,7 @@ _API_PROPS = {
     "name": NAME,
     "host": {"type": ["string", "null"], "description": "null: any host"},
     "prefix": {"type": "string", "pattern": "^/", "maxLength": 200},
-    "upstream_url": {"type": "string", "description": "http(s)://host[:port][/path]"},
+    "upstream_url": {**HTTP_URL, "description": "http(s)://host[:port][/path]"},
     "strip_prefix": {"type": "boolean", "default": True},
     "policy_id": NULL_ID,
     "timeout_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 3600},
@@ -171,7 +183,9 @@ _API_PROPS = {
 }
 API_IN = obj(_API_PROPS, ["name", "prefix", "upstream_url"])
 API_PATCH = obj(_API_PROPS, [])
-KEY_IN = obj({"name": NAME, "policy_id": NULL_ID, "expires_at": NULL_TIME}, ["name"])
+KEY_IN = obj({"name": NAME, "policy_id": NULL_ID, "expires_at": {
+    **NULL_TIME, "description": "must be in the future, at most 9999-12-31T23:59:59Z"}},
+    ["name"])
 ROLL_IN = obj({"overlap_seconds": {
     "type": "integer", "minimum": 0, "maximum": 30 * 86400, "default": 3600,
     "description": "how long the old key keeps working (0: stops at once)"}}, [])
