@@ -549,6 +549,136 @@ def users_create(email: str, name: str, password: str | None, workspace_id: str 
     click.echo(f"{user['id']} {user['email']}{where}")
 
 
+def _user_command(email: str, action):
+    """Run ``action(repo, user)`` for the user with ``email``; returns its result."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await action(repo, await repo.user_by_email(email))
+
+    return _run_result(main_())
+
+
+@users.command("reset-password")
+@click.argument("email")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Read the new password from standard input (one line) and set it now, "
+                   "instead of printing a reset link.")
+@click.option("--url", "base_url", default="http://localhost:3000", show_default=True,
+              help="The dashboard's address, for the link.")
+def users_reset_password(email: str, from_stdin: bool, base_url: str) -> None:
+    """Reset a user's password. By default prints a one-time link (valid 1 hour; an
+    earlier link stops working) that the user opens to choose a new password. With
+    --stdin, sets the password read from standard input. Either way every session of the
+    user ends when the password changes."""
+    from urllib.parse import quote
+
+    from rateguard.db import validate
+    from rateguard.db.repository import Actor
+
+    password = None
+    if from_stdin:
+        password = validate.password({"password": sys.stdin.readline().rstrip("\r\n")})
+
+    async def action(repo, user):
+        if password is not None:
+            return await repo.set_password(Actor.cli(), user["id"], password)
+        return await repo.create_password_reset(Actor.cli(), user["id"])
+
+    result = _user_command(email, action)
+    if password is not None:
+        click.echo(f"{email}: password set; {result} session(s) ended")
+        return
+    link = f"{base_url.rstrip('/')}/reset-password?token={quote(result['token'])}"
+    click.echo(f"{link}\n(one-time link for {email}, valid until "
+               f"{_when(result['expires_at'])} UTC; send it to them privately)")
+
+
+@users.command("disable")
+@click.argument("email")
+def users_disable(email: str) -> None:
+    """Disable a user: sign-in is refused and every session (API tokens and dashboard
+    cookies) stops working at once."""
+    from rateguard.db.repository import Actor
+
+    async def action(repo, user):
+        return await repo.set_disabled(Actor.cli(), user["id"], True)
+
+    user = _user_command(email, action)
+    click.echo(f"{user['id']} {user['email']}: disabled")
+
+
+@users.command("enable")
+@click.argument("email")
+def users_enable(email: str) -> None:
+    """Enable a disabled user again (they sign in with their password)."""
+    from rateguard.db.repository import Actor
+
+    async def action(repo, user):
+        return await repo.set_disabled(Actor.cli(), user["id"], False)
+
+    user = _user_command(email, action)
+    click.echo(f"{user['id']} {user['email']}: enabled")
+
+
+@users.command("sessions")
+@click.argument("email")
+@click.option("--end", is_flag=True, help="End every session of the user (sign them out "
+                                          "everywhere).")
+def users_sessions(email: str, end: bool) -> None:
+    """List a user's active sessions, or end them all with --end."""
+    async def action(repo, user):
+        if end:
+            return await repo.end_all_sessions(user["id"], "ended_by_operator")
+        return await repo.list_sessions(user["id"])
+
+    result = _user_command(email, action)
+    if end:
+        click.echo(f"{email}: {result} session(s) ended")
+        return
+    from rateguard.analytics.report import table
+
+    click.echo(table(["id", "created", "last refresh", "address", "user agent"], [
+        [r["id"], _when(r["created_at"]), _when(r["last_used_at"]), r["client_ip"] or "-",
+         (r["user_agent"] or "-")[:40]] for r in result]))
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every user: status, operator flag, active sessions."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+
+    async def main_():
+        async with _repository(settings) as repo:
+            return await repo.list_users(limit=100_000)
+
+    from rateguard.analytics.report import table
+
+    click.echo(table(["id", "email", "status", "operator", "sessions", "created"], [
+        [u["id"], u["email"], "disabled" if u["disabled_at"] else "active",
+         "yes" if u["operator"] else "-", str(u["sessions"]), _when(u["created_at"])]
+        for u in _run_result(main_())]))
+
+
+@users.command("operator")
+@click.argument("email")
+@click.option("--revoke", is_flag=True, help="Take the operator role away.")
+def users_operator(email: str, revoke: bool) -> None:
+    """Make a user an instance operator: they can list, disable and enable users in the
+    API and the dashboard (/users)."""
+    from rateguard.db.repository import Actor
+
+    async def action(repo, user):
+        return await repo.set_operator(Actor.cli(), user["id"], not revoke)
+
+    user = _user_command(email, action)
+    click.echo(f"{user['id']} {user['email']}: " + ("operator" if user["operator"]
+                                                     else "not an operator"))
+
+
 @main.group(cls=_Group)
 def hosts() -> None:
     """Route ownership (needs DATABASE_URL): which workspace routes on which host.

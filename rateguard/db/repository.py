@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -31,8 +32,11 @@ from rateguard.db.errors import Conflict, Forbidden, Invalid, NotFound, Unauthor
 from rateguard.net.egress import ALWAYS, EgressPolicy
 from rateguard.snapshot.keys import hash_key, new_key
 
+log = logging.getLogger(__name__)
+
 REFRESH_TTL = timedelta(days=30)
 INVITATION_TTL = timedelta(days=7)
+RESET_TTL = timedelta(hours=1)
 ROLE_RANK = {"viewer": 0, "admin": 1, "owner": 2}
 
 
@@ -70,6 +74,22 @@ class Actor:
 def user_out(row) -> dict:
     return {"id": row["id"], "email": row["email"], "name": row["name"],
             "created_at": row["created_at"]}
+
+
+def admin_user_out(row) -> dict:
+    """A user as an operator sees them (never the password hash)."""
+    out = {**user_out(row), "disabled_at": row["disabled_at"],
+           "operator": row["operator"]}
+    if "sessions" in row.keys():
+        out["sessions"] = row["sessions"]
+    return out
+
+
+def session_out(row, current: str | None = None) -> dict:
+    return {"id": row["id"], "created_at": row["created_at"],
+            "last_used_at": row["last_used_at"], "expires_at": row["expires_at"],
+            "user_agent": row["user_agent"], "client_ip": row["client_ip"],
+            "current": row["id"] == current}
 
 
 def workspace_out(row, role: str | None = None) -> dict:
@@ -261,32 +281,54 @@ class Repository:
                                     row["id"], await self._hash_password(password))
         return user_out(row)
 
-    async def create_session(self, user_id: str) -> tuple[str, str]:
+    async def create_session(self, user_id: str, user_agent: str = "",
+                             client_ip: str = "") -> tuple[str, str]:
         """(session id, refresh token)."""
         session_id, refresh = new_id("ses"), "rgr_" + secrets.token_urlsafe(32)
         await self.pool.execute(
-            "INSERT INTO sessions (id, user_id, refresh_hash, expires_at)"
-            " VALUES ($1, $2, $3, $4)", session_id, user_id, _sha256(refresh),
-            utcnow() + REFRESH_TTL)
+            "INSERT INTO sessions (id, user_id, refresh_hash, expires_at, user_agent,"
+            " client_ip) VALUES ($1, $2, $3, $4, $5, $6)", session_id, user_id,
+            _sha256(refresh), utcnow() + REFRESH_TTL, (user_agent or "")[:300],
+            (client_ip or "")[:64])
+        # spent refresh tokens matter only while their session can still be refreshed
+        await self.pool.execute("DELETE FROM spent_refresh_tokens WHERE spent_at < $1",
+                                utcnow() - REFRESH_TTL - timedelta(days=1))
         return session_id, refresh
 
     async def refresh_session(self, refresh: str) -> tuple[str, str, str]:
-        """Rotate a refresh token: (user id, session id, new refresh token). An old
-        token presented again is refused (it was replaced or the session revoked)."""
+        """Rotate a refresh token: (user id, session id, new refresh token). A token
+        already traded in and presented again was copied: its session is ended (the
+        thief and the owner are both signed out) and the call is refused."""
         new_refresh = "rgr_" + secrets.token_urlsafe(32)
-        row = await self.pool.fetchrow(
-            "UPDATE sessions s SET refresh_hash = $2 FROM users u"
-            " WHERE s.refresh_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
-            " AND u.id = s.user_id AND u.disabled_at IS NULL"
-            " RETURNING s.id, s.user_id", _sha256(refresh), _sha256(new_refresh))
+        old_hash = _sha256(refresh)
+        reused = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE sessions s SET refresh_hash = $2, last_used_at = now() FROM users u"
+                " WHERE s.refresh_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
+                " AND u.id = s.user_id AND u.disabled_at IS NULL"
+                " RETURNING s.id, s.user_id", old_hash, _sha256(new_refresh))
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO spent_refresh_tokens (refresh_hash, session_id)"
+                    " VALUES ($1, $2) ON CONFLICT DO NOTHING", old_hash, row["id"])
+            else:
+                reused = await conn.fetchrow(
+                    "UPDATE sessions s SET revoked_at = now(), ended_reason = 'refresh_reuse'"
+                    " FROM spent_refresh_tokens t WHERE t.refresh_hash = $1"
+                    " AND s.id = t.session_id AND s.revoked_at IS NULL"
+                    " RETURNING s.id, s.user_id", old_hash)
         if row is None:
+            if reused is not None:
+                log.warning("refresh token reused: session %s of user %s ended (the token "
+                            "was copied)", reused["id"], reused["user_id"])
             raise Unauthorized("refresh token is invalid, expired or revoked")
         return row["user_id"], row["id"], new_refresh
 
-    async def revoke_session(self, session_id: str) -> None:
+    async def revoke_session(self, session_id: str, reason: str = "signed_out") -> None:
         await self.pool.execute(
-            "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-            session_id)
+            "UPDATE sessions SET revoked_at = now(), ended_reason = $2"
+            " WHERE id = $1 AND revoked_at IS NULL", session_id, reason)
 
     async def session_user(self, session_id: str, user_id: str) -> dict | None:
         row = await self.pool.fetchrow(
@@ -294,6 +336,152 @@ class Repository:
             " WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL"
             " AND s.expires_at > now() AND u.disabled_at IS NULL", session_id, user_id)
         return user_out(row) if row else None
+
+    # -- recovering an account: sessions, passwords, disabled users (README "Security") --
+
+    async def list_sessions(self, user_id: str, current: str | None = None) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM sessions WHERE user_id = $1 AND revoked_at IS NULL"
+            " AND expires_at > now() ORDER BY created_at DESC, id", user_id)
+        return [session_out(r, current) for r in rows]
+
+    async def end_session(self, user_id: str, session_id: str) -> None:
+        """End one of the user's own sessions (404 for anyone else's)."""
+        ended = await self.pool.fetchval(
+            "UPDATE sessions SET revoked_at = now(), ended_reason = 'ended_by_user'"
+            " WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL RETURNING id",
+            session_id, user_id)
+        if ended is None:
+            raise NotFound("session not found or already ended")
+
+    @staticmethod
+    async def _end_sessions(conn, user_id: str, reason: str, keep: str | None = None) -> int:
+        rows = await conn.fetch(
+            "UPDATE sessions SET revoked_at = now(), ended_reason = $2 WHERE user_id = $1"
+            " AND revoked_at IS NULL AND ($3::text IS NULL OR id <> $3) RETURNING id",
+            user_id, reason, keep)
+        return len(rows)
+
+    async def end_all_sessions(self, user_id: str, reason: str = "signed_out_everywhere",
+                               keep: str | None = None) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._end_sessions(conn, user_id, reason, keep)
+
+    async def change_password(self, user_id: str, session_id: str | None, current: str,
+                              new: str) -> int:
+        """Set a new password after checking the current one; every other session of
+        the user ends. Returns how many ended."""
+        row = await self.pool.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+        if row is None or not await self._verify_password(row["password_hash"], current):
+            raise Invalid("current_password", "is not the current password")
+        password_hash = await self._hash_password(new)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE users SET password_hash = $2 WHERE id = $1",
+                               user_id, password_hash)
+            ended = await self._end_sessions(conn, user_id, "password_changed", session_id)
+            await self._audit(conn, None, Actor(user_id, row["email"]), "user.password_change",
+                              "user", user_id, {"sessions_ended": ended})
+        return ended
+
+    async def user_by_email(self, email: str) -> dict:
+        row = await self.pool.fetchrow("SELECT * FROM users WHERE lower(email) = lower($1)",
+                                       email.strip())
+        if row is None:
+            raise NotFound(f"no user with email {email.strip()}")
+        return admin_user_out(row)
+
+    async def set_password(self, actor: Actor, user_id: str, new: str) -> int:
+        """An operator sets a user's password: every session of the user ends and
+        pending reset links stop working. Returns how many sessions ended."""
+        password_hash = await self._hash_password(new)
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval("UPDATE users SET password_hash = $2 WHERE id = $1"
+                                       " RETURNING id", user_id, password_hash)
+            if done is None:
+                raise NotFound("user not found")
+            await conn.execute("UPDATE password_resets SET used_at = now() WHERE user_id = $1"
+                               " AND used_at IS NULL", user_id)
+            ended = await self._end_sessions(conn, user_id, "password_reset")
+            await self._audit(conn, None, actor, "user.password_set", "user", user_id,
+                              {"sessions_ended": ended})
+        return ended
+
+    async def create_password_reset(self, actor: Actor, user_id: str,
+                                    ttl: timedelta = RESET_TTL) -> dict:
+        """A one-time reset token (shown once; stored as SHA-256). Earlier pending
+        tokens of the user stop working."""
+        token = "rgp_" + secrets.token_urlsafe(32)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id):
+                raise NotFound("user not found")
+            await conn.execute("UPDATE password_resets SET used_at = now() WHERE user_id = $1"
+                               " AND used_at IS NULL", user_id)
+            row = await conn.fetchrow(
+                "INSERT INTO password_resets (id, user_id, token_hash, expires_at)"
+                " VALUES ($1, $2, $3, $4) RETURNING *", new_id("pwr"), user_id,
+                _sha256(token), utcnow() + ttl)
+            await self._audit(conn, None, actor, "user.password_reset_link", "user", user_id)
+        return {"token": token, "expires_at": row["expires_at"]}
+
+    async def reset_password(self, token: str, new: str) -> dict:
+        """Use a reset token: the password changes, every session of the user ends."""
+        password_hash = await self._hash_password(new)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE password_resets SET used_at = now() WHERE token_hash = $1"
+                " AND used_at IS NULL AND expires_at > now() RETURNING user_id",
+                _sha256(token))
+            if row is None:
+                raise Invalid("token", "is not a valid reset link (used, replaced or expired);"
+                                       " ask an operator for a new one")
+            user = await conn.fetchrow("UPDATE users SET password_hash = $2 WHERE id = $1"
+                                       " RETURNING *", row["user_id"], password_hash)
+            ended = await self._end_sessions(conn, user["id"], "password_reset")
+            await self._audit(conn, None, Actor(user["id"], user["email"]),
+                              "user.password_reset", "user", user["id"],
+                              {"sessions_ended": ended})
+        return user_out(user)
+
+    async def is_operator(self, user_id: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT operator FROM users WHERE id = $1"
+                                             " AND disabled_at IS NULL", user_id))
+
+    async def set_operator(self, actor: Actor, user_id: str, operator: bool) -> dict:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("UPDATE users SET operator = $2 WHERE id = $1"
+                                      " RETURNING *", user_id, operator)
+            if row is None:
+                raise NotFound("user not found")
+            await self._audit(conn, None, actor, "user.operator_grant" if operator
+                              else "user.operator_revoke", "user", user_id)
+        return admin_user_out(row)
+
+    async def list_users(self, limit: int = 500) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT u.*, (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND"
+            " s.revoked_at IS NULL AND s.expires_at > now()) AS sessions"
+            " FROM users u ORDER BY u.created_at, u.id LIMIT $1", limit)
+        return [admin_user_out(r) for r in rows]
+
+    async def set_disabled(self, actor: Actor, user_id: str, disabled: bool) -> dict:
+        """Disable (every session ends at once: the next request with any of the
+        user's access tokens or cookies is refused) or enable a user."""
+        if disabled and actor.user_id == user_id:
+            raise Conflict("you cannot disable your own account")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now())"
+                " ELSE NULL END WHERE id = $1 RETURNING *", user_id, disabled)
+            if row is None:
+                raise NotFound("user not found")
+            ended = 0
+            if disabled:
+                ended = await self._end_sessions(conn, user_id, "user_disabled")
+                await conn.execute("UPDATE password_resets SET used_at = now()"
+                                   " WHERE user_id = $1 AND used_at IS NULL", user_id)
+            await self._audit(conn, None, actor, "user.disable" if disabled else "user.enable",
+                              "user", user_id, {"sessions_ended": ended} if disabled else {})
+        return admin_user_out(row)
 
     # -- workspaces, members, invitations -----------------------------------------------
 

@@ -84,11 +84,19 @@ async def test_login_refresh_and_logout(plane, owner):
     status, renewed = await plane.call("POST", "/auth/refresh",
                                        json={"refresh_token": session["refresh_token"]})
     assert status == 200 and renewed["refresh_token"] != session["refresh_token"]
-    # A refresh token works once: it was rotated.
+    # A refresh token works once: it was rotated. Presented again it was copied, so
+    # the session ends (tests/integration/test_account_recovery.py has the details).
     status, error = await plane.call("POST", "/auth/refresh",
                                      json={"refresh_token": session["refresh_token"]})
     assert (status, error["error"]) == (401, "unauthorized")
+    auth = {"Authorization": f"Bearer {renewed['access_token']}"}
+    assert (await plane.call("GET", "/me", headers=auth))[0] == 401
 
+    status, session = await plane.call("POST", "/auth/login", json={
+        "email": owner.email, "password": owner.password})
+    status, renewed = await plane.call("POST", "/auth/refresh",
+                                       json={"refresh_token": session["refresh_token"]})
+    assert status == 200
     auth = {"Authorization": f"Bearer {renewed['access_token']}"}
     assert (await plane.call("POST", "/auth/logout", headers=auth))[0] == 204
     # Logout really revokes: the (unexpired) access token and the refresh token stop.

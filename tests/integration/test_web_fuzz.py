@@ -130,7 +130,7 @@ def write_operations() -> list[registry.Operation]:
     app = web.Application()
     registry.add_routes(app)  # imports every module that declares operations
     return [op for op in registry.OPERATIONS
-            if op.method != "GET" and op.operation_id != "logout"]
+            if op.method != "GET" and op.operation_id not in ("logout", "logout_all")]
 
 
 def bodies(operation: registry.Operation):

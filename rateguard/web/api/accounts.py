@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
 from rateguard.db import validate
-from rateguard.db.errors import Invalid
+from rateguard.db.errors import Invalid, Unauthorized
 from rateguard.web.api import schemas as s
 from rateguard.web.api.registry import TOKENS, Ctx, op
 from rateguard.web.throttle import THROTTLE
+
+log = logging.getLogger(__name__)
+
+
+async def _new_session(ctx: Ctx, user_id: str) -> tuple[str, str]:
+    return await ctx.repo.create_session(
+        user_id, ctx.request.headers.get("User-Agent", ""), ctx.request.remote or "")
+
+
+def account_tag(email: str) -> str:
+    """How logs name an account: a digest, so a password typed into the email field
+    never reaches a log."""
+    return "sha256:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:12]
 
 
 async def _session(ctx: Ctx, user: dict, session_id: str, refresh: str,
@@ -32,7 +48,7 @@ async def signup(ctx: Ctx):
         validate.email(body), validate.password(body),
         validate.text(body, "name", min_len=0, required=False) or "",
         validate.text(body, "workspace_name", required=False), invitation)
-    session_id, refresh = await ctx.repo.create_session(user["id"])
+    session_id, refresh = await _new_session(ctx, user["id"])
     return await _session(ctx, user, session_id, refresh, workspace)
 
 
@@ -48,8 +64,13 @@ async def login(ctx: Ctx):
     throttle = ctx.request.app.get(THROTTLE)
     if throttle is not None:
         await throttle.check(ctx.request.remote or "", body["email"])
-    user = await ctx.repo.authenticate(body["email"].strip(), body["password"])
-    session_id, refresh = await ctx.repo.create_session(user["id"])
+    try:
+        user = await ctx.repo.authenticate(body["email"].strip(), body["password"])
+    except Unauthorized:
+        log.warning("sign-in failed: account %s from %s", account_tag(body["email"]),
+                    ctx.request.remote or "-")
+        raise
+    session_id, refresh = await _new_session(ctx, user["id"])
     return await _session(ctx, user, session_id, refresh)
 
 
@@ -86,3 +107,6 @@ async def accept_invitation(ctx: Ctx):
     if not isinstance(body["token"], str) or not 1 <= len(body["token"]) <= 200:
         raise Invalid("token", "must be an invitation token")
     return await ctx.repo.accept_invitation(ctx.user["id"], body["token"])
+
+
+from rateguard.web.api import recovery  # noqa: E402,F401  (registers its operations)

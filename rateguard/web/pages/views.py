@@ -615,5 +615,8 @@ def routes() -> list[web.RouteDef]:
         (("POST",), w + "/alerts/rules/{rule_id}/delete", alert_rule_delete),
         (("POST",), w + "/alerts/channels/{channel_id}/delete", alert_channel_delete),
     ]
+    from rateguard.web.pages import account  # password, sessions, reset, users
+
+    table += account.routes()
     return [web.route(method, path, handler) for methods, path, handler in table
             for method in methods]
