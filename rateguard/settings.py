@@ -171,7 +171,8 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "ANALYTICS_TTL_DAYS": (_positive_int, 90, "days of raw events kept in ClickHouse"),
     "ALERTS_INTERVAL_SECONDS": (_positive_float, 30.0, "seconds between alert rule evaluations"),
     "LOGIN_RATE_LIMIT_IP": (_limits, "30/min", "sign-in attempts per client address"),
-    "LOGIN_RATE_LIMIT_EMAIL": (_limits, "10/min", "sign-in attempts per account email"),
+    "LOGIN_RATE_LIMIT_EMAIL": (_limits, "10/min", "sign-in attempts per client address and "
+                               "account (never per account alone: no lock-out from elsewhere)"),
     "TRUSTED_PROXIES": (_networks, (), "CIDRs of load balancers whose X-Forwarded-For/-Proto "
                         "the proxy believes"),
 }

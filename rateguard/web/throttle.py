@@ -1,15 +1,20 @@
 """Login throttling with RateGuard's own limiter.
 
 Every sign-in attempt (API or dashboard, they share the login operation) is counted
-per client address and per email address, with the same Lua limiter the proxy uses
-(sliding log, exact across web replicas when Redis is configured; per replica in memory
-otherwise). Past either limit the answer is 429 with Retry-After, before the password
-is even checked.
+per client address and per client address + account, with the same Lua limiter the
+proxy uses (sliding log, exact across web replicas when Redis is configured; per replica
+in memory otherwise). Past either limit the answer is 429 with Retry-After, before the
+password is even checked.
+
+Nothing is counted per account alone: that would let anyone lock any account out of
+sign-in from their own address (README "Security"). An IPv6 client is counted by its
+/64, the block one subscriber usually gets, so rotating addresses inside it buys nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 from aiohttp import web
 
@@ -28,28 +33,43 @@ class Throttled(ControlError):
         self.retry_after = retry_after
 
 
-def login_policies(per_ip: str, per_email: str) -> tuple[Policy, Policy]:
+def login_policies(per_ip: str, per_account: str) -> tuple[Policy, Policy]:
     def policy(name: str, limit: str) -> Policy:
         return Policy(name, CONTROL_WORKSPACE, tuple(parse_limit(x) for x in limit.split(",")),
                       scope="ip", algorithm="sliding_log", failure_mode="open")
-    return policy("login-ip", per_ip), policy("login-email", per_email)
+    return policy("login-ip", per_ip), policy("login-ip-account", per_account)
+
+
+def address_key(client_ip: str) -> str:
+    """The client as the throttle counts it: an IPv4 address, or an IPv6 /64."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return client_ip[:64] or "-"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class LoginThrottle:
     """``limiter`` is anything with ``async check(policy, scope) -> Decision | None``: a
     Limiter on Redis, or a MemoryStore."""
 
-    def __init__(self, limiter, per_ip: str = "30/min", per_email: str = "10/min") -> None:
+    def __init__(self, limiter, per_ip: str = "30/min", per_account: str = "10/min") -> None:
         self.limiter = limiter
-        self.by_ip, self.by_email = login_policies(per_ip, per_email)
+        self.by_ip, self.by_account = login_policies(per_ip, per_account)
 
     async def check(self, client_ip: str, email: str) -> None:
-        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
-        for policy, scope, what in ((self.by_ip, client_ip, "this address"),
-                                    (self.by_email, digest, "this account")):
+        address = address_key(client_ip)
+        account = hashlib.sha256(f"{address}|{email.strip().lower()}".encode()).hexdigest()[:32]
+        for policy, scope, what in ((self.by_ip, address, "from this address"),
+                                    (self.by_account, account,
+                                     "for this account from this address")):
             decision = await self.limiter.check(policy, scope)
             if decision is not None and not decision.allowed:
-                raise Throttled(f"too many sign-in attempts for {what}; retry in "
+                raise Throttled(f"too many sign-in attempts {what}; retry in "
                                 f"{decision.retry_after_seconds}s",
                                 decision.retry_after_seconds)
 

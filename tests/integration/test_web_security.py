@@ -4,7 +4,10 @@ validation (no ``none``, no algorithm confusion, expiry enforced)."""
 from __future__ import annotations
 
 import base64
+import logging
 import time
+
+import aiohttp
 
 import jwt
 import orjson
@@ -25,10 +28,20 @@ async def plane(new_database, redis_url):
     await control.stop()
 
 
-async def test_login_is_throttled_per_account_then_per_address(plane):
+async def post_from(plane, address: str, path: str, body: dict):
+    """POST from another loopback address (127.0.0.2 ...): another client."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.post(plane.api + path, json=body) as response:
+            return response.status, response.headers, await response.json()
+
+
+async def test_login_is_throttled_per_address_and_account_never_per_account_alone(
+        plane, caplog):
     victim = await plane.signup("victim")
+    caplog.set_level(logging.WARNING)
     statuses = []
-    for _ in range(6):
+    for _ in range(6):  # the attacker, from 127.0.0.1
         status, body = await plane.call("POST", "/auth/login",
                                         json={"email": victim.email, "password": "wrong"})
         statuses.append(status)
@@ -38,8 +51,20 @@ async def test_login_is_throttled_per_account_then_per_address(plane):
         # throttled before the password is even checked: the right one waits too
         assert response.status == 429
         assert 1 <= int(response.headers["Retry-After"]) <= 60
-        assert (await response.json())["error"] == "rate_limited"
-    # another account from the same address: the per-address budget (8/min) is
+        body = await response.json()
+        assert body["error"] == "rate_limited"
+        assert "for this account from this address" in body["message"]
+    # the victim, from their own address, is not locked out
+    status, _, body = await post_from(plane, "127.0.0.2", "/auth/login",
+                                      {"email": victim.email, "password": victim.password})
+    assert status == 200, body
+    # each failed sign-in is logged once, naming neither the email nor the password
+    failed = [r.getMessage() for r in caplog.records if "sign-in failed" in r.getMessage()]
+    assert len(failed) == 4 and all("127.0.0.1" in line for line in failed)
+    assert not any(victim.email in r.getMessage() or "wrong" in r.getMessage().split(":")[-1]
+                   for r in caplog.records)
+
+    # another account from the attacker's address: the per-address budget (8/min) is
     # shared by every attempt from 127.0.0.1, 7 of which are spent
     other = await plane.signup("other")
     status, _ = await plane.call("POST", "/auth/login",
@@ -47,7 +72,10 @@ async def test_login_is_throttled_per_account_then_per_address(plane):
     assert status == 200
     status, body = await plane.call("POST", "/auth/login",
                                     json={"email": other.email, "password": other.password})
-    assert status == 429 and "this address" in body["message"]
+    assert status == 429 and "from this address" in body["message"]
+    status, headers, _ = await post_from(plane, "127.0.0.3", "/auth/login",
+                                         {"email": other.email, "password": other.password})
+    assert status == 200
     # the counters are in Redis under the control plane's hash tag
     from rateguard.limiter.redis_client import RedisClient
     client = RedisClient(plane.app_redis_url)
@@ -56,6 +84,34 @@ async def test_login_is_throttled_per_account_then_per_address(plane):
     finally:
         await client.close()
     assert keys
+
+
+def test_ipv6_clients_are_counted_by_their_64():
+    from rateguard.web.throttle import address_key
+
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9") \
+        == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("192.0.2.7") == "192.0.2.7"
+
+
+async def test_csrf_refusals_are_logged_without_the_token(plane, caplog):
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(plane.url + "/signin", data={
+                "csrf": "forged-token-value", "email": "a@example.com",
+                "password": "secret password"}) as response:
+            assert response.status == 403
+        async with http.post(plane.url + "/signin", headers={"Origin": "https://evil.test"},
+                             data={"csrf": "x", "email": "a@example.com"}) as response:
+            assert response.status == 403
+    lines = [r.getMessage() for r in caplog.records if "form refused" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "missing or wrong CSRF token" in lines[0] and "POST /signin" in lines[0]
+    assert "cross-origin" in lines[1]
+    text = " ".join(lines)
+    assert "forged-token-value" not in text and "secret password" not in text
 
 
 def _b64(data: dict) -> str:

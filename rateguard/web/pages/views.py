@@ -4,6 +4,7 @@ API's operations (see ops.py) and renders a template; a POST answers with a redi
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from rateguard.web.api.registry import REPO, TOKENS
 from rateguard.web.pages import charts, forms, ops
 from rateguard.web.pages.session import WebSessions, same_origin
 from rateguard.web.redirects import safe_next
+
+log = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("web_sessions", WebSessions)
 JINJA = web.AppKey("jinja", object)
@@ -88,6 +91,14 @@ def render(request: web.Request, template: str, status: int = 200, **context) ->
                         headers={"Cache-Control": "no-store"})
 
 
+def log_csrf_refusal(request: web.Request, user_id: str | None) -> None:
+    """One line per refused form: what, from where, why; never the token or a field."""
+    reason = "cross-origin" if not same_origin(request) else "missing or wrong CSRF token"
+    log.warning("form refused (%s): %s %s from %s, %s", reason, request.method,
+                request.path, request.remote or "-",
+                f"user {user_id}" if user_id else "not signed in")
+
+
 def redirect(location: str) -> web.HTTPSeeOther:
     return web.HTTPSeeOther(location)
 
@@ -132,6 +143,7 @@ def page(workspace: bool = True):
                 view.form = await request.post()
                 if not same_origin(request) or not sessions.check(view.csrf,
                                                                   view.form.get("csrf")):
+                    log_csrf_refusal(request, user["id"])
                     return error_page(request, 403, "Form expired",
                                       "Reload the page and submit the form again.", view)
             try:
@@ -177,6 +189,7 @@ async def _anon_form(request: web.Request):
     token, _ = _anon_csrf(request)
     if not same_origin(request) or not request.app[SESSIONS].check(token, form.get("csrf")) \
             or not request.cookies.get("rg_csrf"):
+        log_csrf_refusal(request, None)
         return form, False
     return form, True
 
