@@ -56,6 +56,9 @@ _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AUTHORIZATION = frozenset({b"authorization"})
+# Parsed in place of a method llhttp does not know (no framing of its own in llhttp).
+_PLACEHOLDER_METHOD = b"PROPFIND"
+MAX_METHOD_BYTES = 64
 _FORWARDED = frozenset({b"forwarded"})
 
 
@@ -578,7 +581,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "client_ip", "client_ip_bytes", "url",
                  "headers", "head_bytes", "current", "active", "pending", "paused_for",
                  "closing", "writing_paused", "idle_since", "head_since", "linger_until",
-                 "hop", "drop", "drop_key", "write_paused_at", "final", "valid_host")
+                 "hop", "drop", "drop_key", "write_paused_at", "final", "valid_host",
+                 "marks", "method_override")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -600,6 +604,8 @@ class ClientConnection(asyncio.Protocol):
         # HTTP/1.0): whatever the client sends after it is dropped, not parsed.
         self.final = False
         self.hop = b""
+        self.marks = 0  # request starts + ends parsed: even between requests
+        self.method_override: bytes | None = None
         self.valid_host = b""
         self.drop = self.drop_key = _FORWARDED
         # Deadlines checked by the server's sweep (no timer per request).
@@ -632,6 +638,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.final:
             return
+        marks = self.marks
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -641,11 +648,30 @@ class ClientConnection(asyncio.Protocol):
                 # Bytes after the last request (RFC 9112 9.6): answer the request
                 # already read, then close; the rest is dropped.
                 return
+            if isinstance(exc, httptools.HttpParserInvalidMethodError) \
+                    and not marks & 1 and self.marks == marks + 1 \
+                    and self.extension_method(data, marks):
+                return
             if isinstance(exc.__context__, _HeadTooLarge) or self.head_bytes > MAX_HEAD_BYTES:
                 self.protocol_error(431, "headers_too_large",
                                     f"request head exceeds {MAX_HEAD_BYTES} bytes")
             else:
                 self.protocol_error(400, "bad_request", f"malformed HTTP request: {exc}")
+
+    def extension_method(self, data: bytes, marks: int) -> bool:
+        """A method llhttp does not know at the start of this read, the parser having
+        been between requests: forwarded if it is a token (RFC 9110 9.1: method = token;
+        an intermediary passes on methods it does not know, as nginx). The request is
+        parsed again with a placeholder method, the real one put back on its head.
+        Pipelined behind another request in the same read it stays a 400."""
+        token, space, rest = data.lstrip(b"\r\n").partition(b" ")
+        if not space or len(token) > MAX_METHOD_BYTES or not rh.valid_method(token):
+            return False
+        self.parser = httptools.HttpRequestParser(self)
+        self.marks = marks
+        self.method_override = token
+        self.data_received(_PLACEHOLDER_METHOD + b" " + rest)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -677,6 +703,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.marks += 1  # odd while a request is being parsed
         self.url = b""
         self.headers = []
         self.head_bytes = 0
@@ -698,7 +725,10 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         keep_alive = parser.should_keep_alive()
-        exchange = Exchange(self, parser.get_method(), self.url, self.headers, keep_alive)
+        method = parser.get_method()
+        if self.method_override is not None:  # an extension method (see extension_method)
+            method, self.method_override = self.method_override, None
+        exchange = Exchange(self, method, self.url, self.headers, keep_alive)
         # HTTP/1.0 or not (no chunked answers, keep-alive said out loud) costs a string
         # format in httptools; a 1.0 request is never kept alive without a Connection
         # header, so a kept-alive request without one is 1.1 and needs no asking.
@@ -728,6 +758,7 @@ class ClientConnection(asyncio.Protocol):
             self.current.on_body(body)
 
     def on_message_complete(self) -> None:
+        self.marks += 1
         current = self.current
         if current is not None:
             current.on_body_end()

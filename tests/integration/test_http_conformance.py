@@ -178,6 +178,14 @@ def responses(data: bytes) -> list[tuple[int, dict[bytes, list[bytes]], bytes]]:
     return out
 
 
+async def read_one(reader: asyncio.StreamReader):
+    """One response with a Content-Length from a kept-alive connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    size = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    body = await asyncio.wait_for(reader.readexactly(size), 5)
+    return responses(head + body)[0]
+
+
 def one(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     found = responses(data)
     assert len(found) == 1, data[:500]
@@ -268,9 +276,10 @@ async def test_rfc9112_9_6_bytes_after_the_last_request_get_it_answered_then_clo
     raw = first.replace(b"{auth}", auth) + get(b"/echo/x", auth) + b"garbage\r\n\r\n"
     started = time.monotonic()
     data = await send(proxy, raw)
+    took = time.monotonic() - started
     status, fields, body = one(data)
-    assert status == 200 and orjson.loads(body) == {"slept": True}
-    assert time.monotonic() - started < 4  # closed after the answer, not by a timeout
+    assert status == 200 and orjson.loads(body) == {"slept": True}, (data, proxy.log()[-3000:])
+    assert took < 4, (took, data)  # closed after the answer, not by a timeout
 
 
 async def test_rfc9112_3_2_http11_without_host_is_400(proxy, auth, raw_upstream):
@@ -429,12 +438,38 @@ async def test_rfc3629_overlong_utf8_traversal_is_refused(proxy, auth, raw_upstr
     assert len(raw_upstream.requests) == calls
 
 
-@pytest.mark.parametrize("method", [b"PURGE", b"REPORT", b"PROPFIND", b"MKCOL"])
+@pytest.mark.parametrize("method", [b"PURGE", b"REPORT", b"PROPFIND", b"MKCOL", b"FOO",
+                                    b"X-CUSTOM_1", b"BREW"])
 async def test_rfc9110_9_1_extension_methods_are_forwarded(proxy, auth, raw_upstream, method):
     """RFC 9110 9.1: method = token; an intermediary forwards methods it does not know."""
     raw = method + b" /raw/x HTTP/1.1\r\nHost: gw.test\r\n" + auth + b"Connection: close\r\n\r\n"
     assert one(await send(proxy, raw))[0] == 200
     assert raw_upstream.requests[-1][0].startswith(method + b" /x HTTP/1.1\r\n")
+
+
+async def test_rfc9110_9_1_extension_method_with_a_body_on_a_kept_alive_connection(
+        proxy, auth, raw_upstream):
+    """An unknown method with a body, then a GET on the same connection: both arrive
+    as sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"BREW /raw/pot HTTP/1.1\r\nHost: gw.test\r\n" + auth
+                     + b"Content-Length: 3\r\n\r\ntea")
+        status, _, _ = await read_one(reader)
+        assert status == 200
+        head, body = raw_upstream.requests[-1]
+        assert head.startswith(b"BREW /pot HTTP/1.1\r\n") and body == b"tea"
+        writer.write(get(b"/raw/after", auth))
+        status, _, _ = await read_one(reader)
+        assert status == 200 and raw_upstream.requests[-1][0].startswith(b"GET /after ")
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("method", [b"B(REW", b"GET\x01"])
+async def test_rfc9110_9_1_a_method_that_is_not_a_token_is_400(proxy, auth, method):
+    raw = method + b" /raw/x HTTP/1.1\r\nHost: gw.test\r\n" + auth + b"\r\n"
+    assert one(await send(proxy, raw))[0] == 400
 
 
 async def test_rfc9110_15_2_103_and_response_trailers_are_dropped(proxy, auth):
