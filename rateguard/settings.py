@@ -173,6 +173,11 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
     "LOGIN_RATE_LIMIT_IP": (_limits, "30/min", "sign-in attempts per client address"),
     "LOGIN_RATE_LIMIT_EMAIL": (_limits, "10/min", "sign-in attempts per client address and "
                                "account (never per account alone: no lock-out from elsewhere)"),
+    "SIGNUP": (_choice("open", "invite", "closed"), None,
+               "who may create an account: open (anyone; a new workspace each), invite (only "
+               "with an invitation), closed (only `rateguard users create`); default invite "
+               "in production, open in development"),
+    "SIGNUP_RATE_LIMIT_IP": (_limits, "10/h", "sign-up attempts per client address"),
     "TRUSTED_PROXIES": (_networks, (), "CIDRs of load balancers whose X-Forwarded-For/-Proto "
                         "the proxy believes"),
 }
@@ -219,6 +224,8 @@ class Settings:
     ALERTS_INTERVAL_SECONDS: float
     LOGIN_RATE_LIMIT_IP: str
     LOGIN_RATE_LIMIT_EMAIL: str
+    SIGNUP: str | None
+    SIGNUP_RATE_LIMIT_IP: str
     TRUSTED_PROXIES: tuple
 
     @classmethod
@@ -246,6 +253,12 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.RATEGUARD_ENV == "production"
+
+    @property
+    def signup_mode(self) -> str:
+        """SIGNUP, or its default: invite in production (a stranger who reaches the
+        dashboard gets no workspace), open in development."""
+        return self.SIGNUP or ("invite" if self.production else "open")
 
     @property
     def redis_cluster(self) -> bool:

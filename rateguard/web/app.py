@@ -33,6 +33,7 @@ from rateguard.db.connection import create_pool
 from rateguard.db.errors import DatabaseUnavailable
 from rateguard.db.repository import Repository
 from rateguard.net.egress import ALWAYS, EgressPolicy, from_settings
+from rateguard.web.api.accounts import SIGNUP_MODE
 from rateguard.web.api.registry import (
     CLICKHOUSE, CLICKHOUSE_DB, REPO, TOKENS, add_routes, error_response, errors_middleware,
 )
@@ -133,11 +134,13 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
               secure_cookies: bool = False, redis_url: str | None = None,
               redis_cluster: bool = False,
               login_limits: tuple[str, str] = ("30/min", "10/min"),
-              egress: EgressPolicy = ALWAYS) -> web.Application:
+              egress: EgressPolicy = ALWAYS, signup: str = "open",
+              signup_limit: str | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, database_middleware],
                           client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
     app[CLICKHOUSE_DB] = clickhouse_database
+    app[SIGNUP_MODE] = signup  # open | invite | closed (SIGNUP)
     if clickhouse is not None:
         app[CLICKHOUSE] = clickhouse
     keyring = KeyRing(encryption_key) if encryption_key else None
@@ -165,7 +168,8 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(usage)
     app.cleanup_ctx.append(partial(throttle_ctx, redis_url=redis_url, cluster=redis_cluster,
-                                   per_ip=login_limits[0], per_email=login_limits[1]))
+                                   per_ip=login_limits[0], per_email=login_limits[1],
+                                   signup_per_ip=signup_limit))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -213,7 +217,8 @@ async def serve(settings, host: str, port: int) -> None:
                     secure_cookies=settings.production, redis_url=settings.REDIS_URL,
                     redis_cluster=settings.redis_cluster,
                     login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL),
-                    egress=from_settings(settings))
+                    egress=from_settings(settings), signup=settings.signup_mode,
+                    signup_limit=settings.SIGNUP_RATE_LIMIT_IP)
     runner = await start(app, host, port)
     log.info("web: dashboard on http://%s:%d/, management API on /api/v1", host, port)
     loop = asyncio.get_running_loop()

@@ -57,9 +57,24 @@ class LoginThrottle:
     """``limiter`` is anything with ``async check(policy, scope) -> Decision | None``: a
     Limiter on Redis, or a MemoryStore."""
 
-    def __init__(self, limiter, per_ip: str = "30/min", per_account: str = "10/min") -> None:
+    def __init__(self, limiter, per_ip: str = "30/min", per_account: str = "10/min",
+                 signup_per_ip: str | None = None) -> None:
         self.limiter = limiter
         self.by_ip, self.by_account = login_policies(per_ip, per_account)
+        self.signups = None
+        if signup_per_ip:
+            self.signups = Policy("signup-ip", CONTROL_WORKSPACE, tuple(
+                parse_limit(x) for x in signup_per_ip.split(",")), scope="ip",
+                algorithm="sliding_log", failure_mode="open")
+
+    async def check_signup(self, client_ip: str) -> None:
+        """Sign-up attempts per client address (IPv6: per /64)."""
+        if self.signups is None:
+            return
+        decision = await self.limiter.check(self.signups, address_key(client_ip))
+        if decision is not None and not decision.allowed:
+            raise Throttled(f"too many sign-ups from this address; retry in "
+                            f"{decision.retry_after_seconds}s", decision.retry_after_seconds)
 
     async def check(self, client_ip: str, email: str) -> None:
         address = address_key(client_ip)
@@ -78,7 +93,7 @@ THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
 async def throttle_ctx(app: web.Application, redis_url: str | None, cluster: bool,
-                       per_ip: str, per_email: str):
+                       per_ip: str, per_email: str, signup_per_ip: str | None = None):
     """aiohttp cleanup context: the throttle on Redis when configured, else in memory."""
     from rateguard.limiter.memory_store import MemoryStore
 
@@ -87,7 +102,7 @@ async def throttle_ctx(app: web.Application, redis_url: str | None, cluster: boo
         from rateguard.limiter import Limiter, connect
         limiter = Limiter(connect(redis_url, cluster=cluster))
         await limiter.start()
-    app[THROTTLE] = LoginThrottle(limiter, per_ip, per_email)
+    app[THROTTLE] = LoginThrottle(limiter, per_ip, per_email, signup_per_ip)
     yield
     if redis_url:
         await limiter.close()

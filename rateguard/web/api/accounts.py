@@ -6,12 +6,24 @@ import hashlib
 import logging
 
 from rateguard.db import validate
-from rateguard.db.errors import Invalid, Unauthorized
+from aiohttp import web
+
+from rateguard.db.errors import Forbidden, Invalid, Unauthorized
 from rateguard.web.api import schemas as s
 from rateguard.web.api.registry import TOKENS, Ctx, op
 from rateguard.web.throttle import THROTTLE
 
 log = logging.getLogger(__name__)
+
+SIGNUP_MODE = web.AppKey("signup_mode", str)  # open | invite | closed (setting SIGNUP)
+SIGNUP_CLOSED = ("sign-up is closed on this instance; an operator creates accounts with "
+                 "`rateguard users create`")
+SIGNUP_INVITE_ONLY = ("sign-up needs an invitation on this instance; ask a workspace owner "
+                      "or admin to invite you")
+
+
+def signup_mode(app: web.Application) -> str:
+    return app.get(SIGNUP_MODE, "open")
 
 
 async def _new_session(ctx: Ctx, user_id: str) -> tuple[str, str]:
@@ -38,12 +50,20 @@ async def _session(ctx: Ctx, user: dict, session_id: str, refresh: str,
 @op("POST", "/auth/signup", summary="Create an account. Without an invitation the new user "
     "owns a new workspace; with one, they join its workspace.", tag="accounts",
     access="public", status=201, request=s.SIGNUP, response=s.ref("Session"),
-    errors=(400, 409, 422))
+    errors=(400, 403, 409, 422, 429))
 async def signup(ctx: Ctx):
+    mode = signup_mode(ctx.request.app)
+    if mode == "closed":
+        raise Forbidden(SIGNUP_CLOSED)
+    throttle = ctx.request.app.get(THROTTLE)
+    if throttle is not None:
+        await throttle.check_signup(ctx.request.remote or "")
     body = validate.body_object(ctx.body, set(s.SIGNUP["properties"]), {"email", "password"})
     invitation = body.get("invitation")
     if invitation is not None and (not isinstance(invitation, str) or len(invitation) > 200):
         raise Invalid("invitation", "must be an invitation token")
+    if mode == "invite" and not invitation:
+        raise Forbidden(SIGNUP_INVITE_ONLY)
     user, workspace, _role = await ctx.repo.signup(
         validate.email(body), validate.password(body),
         validate.text(body, "name", min_len=0, required=False) or "",

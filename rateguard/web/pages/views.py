@@ -166,7 +166,10 @@ def _anon_csrf(request: web.Request) -> tuple[str, str | None]:
 
 def _auth_page(request: web.Request, template: str, status: int = 200,
                **context) -> web.Response:
+    from rateguard.web.api.accounts import signup_mode
+
     token, fresh = _anon_csrf(request)
+    context.setdefault("signup_mode", signup_mode(request.app))
     response = render(request, template, status, view=None, csrf=token, **context)
     if fresh:
         request.app[SESSIONS].set_anon(response, fresh)
