@@ -13,7 +13,7 @@ import math
 import re
 import secrets as _secrets
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -54,6 +54,20 @@ def _url(body: dict, name: str = "url", egress: EgressPolicy = ALWAYS) -> str:
     return value
 
 
+def mask_url(url: str) -> str:
+    """``url`` with its ``user:password@`` (a secret) shown as ``***:***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    masked = "***" + (":***" if parts.password is not None else "")
+    return urlunsplit(parts._replace(netloc=masked + "@" + parts.netloc.rpartition("@")[2]))
+
+
+def url_aad(channel_id: str) -> str:
+    """What a webhook URL with credentials is bound to when sealed (see crypto.py)."""
+    return f"channel:{channel_id}:url"
+
+
 def _bool(body: dict, name: str, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
@@ -73,7 +87,10 @@ def channel(body: Any, egress: EgressPolicy = ALWAYS) -> tuple[dict, str | None,
         raise Invalid(field, f"is not a field of a {kind} channel")
     generated = False
     if kind == "webhook":
-        config = {"url": _url(body, egress=egress)}
+        url = _url(body, egress=egress)
+        config = {"url": mask_url(url)}
+        if config["url"] != url:  # user:password@ is a secret: sealed, shown masked
+            config["sealed_url"] = url
         secret = body.get("secret")
         if secret is None:
             secret, generated = "whsec_" + _secrets.token_urlsafe(32), True
@@ -148,8 +165,11 @@ def rule(body: Any) -> dict:
 # -- row shapes ----------------------------------------------------------------------------
 
 def channel_out(row) -> dict:
+    config = dict(row["config"])
+    if isinstance(config.get("url"), str):
+        config["url"] = mask_url(config["url"])  # also rows stored before sealing
     return {"id": row["id"], "workspace_id": row["workspace_id"], "name": row["name"],
-            "kind": row["kind"], "config": row["config"],
+            "kind": row["kind"], "config": config,
             "has_secret": row["secret"] is not None, "created_at": row["created_at"]}
 
 
@@ -204,7 +224,13 @@ class AlertStore:
     async def create_channel(self, actor: Actor, workspace_id: str, body: Any) -> dict:
         clean, secret, generated = channel(body, self.repo.egress)
         channel_id = new_id("ch")
-        sealed = None
+        sealed = sealed_url = None
+        url = clean["config"].pop("sealed_url", None)
+        if url is not None:
+            if self.repo.keyring is None:
+                raise Invalid("url", "has credentials (user:password@) but the server has "
+                                     "no ENCRYPTION_KEY to store them with")
+            sealed_url = self.repo.keyring.encrypt(url, url_aad(channel_id))
         if secret is not None:
             if self.repo.keyring is None:
                 raise Invalid("secret", "the server has no ENCRYPTION_KEY to store channel "
@@ -213,8 +239,9 @@ class AlertStore:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO notification_channels (id, workspace_id, name, kind, config,"
-                " secret) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *", channel_id,
-                workspace_id, clean["name"], clean["kind"], clean["config"], sealed)
+                " secret, url_credentials) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                channel_id, workspace_id, clean["name"], clean["kind"], clean["config"], sealed,
+                sealed_url)
             await self.repo._audit(conn, workspace_id, actor, "alert_channel.create",
                                    "alert_channel", channel_id,
                                    {"name": clean["name"], "kind": clean["kind"]})
@@ -295,19 +322,20 @@ class AlertStore:
         async with self.pool.acquire() as conn, conn.transaction():
             # FOR KEY SHARE: the API and channels stay until this rule is committed; a
             # concurrent delete waits (then removes the rule, or the channel from it) or
-            # came first and they are not found here (422), never a foreign-key error.
+            # came first and they are not found here (404 naming the field), never a
+            # foreign-key error.
             if clean["api_id"] is not None and not await conn.fetchval(
                     "SELECT 1 FROM apis WHERE workspace_id = $1 AND id = $2 FOR KEY SHARE",
                     workspace_id, clean["api_id"]):
-                raise Invalid("api_id", "no such API in this workspace")
+                raise NotFound("api_id: no such API in this workspace", "api_id")
             found = await conn.fetch(
                 "SELECT id FROM notification_channels WHERE workspace_id = $1"
                 " AND id = ANY($2) ORDER BY id FOR KEY SHARE", workspace_id,
                 clean["channel_ids"])
             missing = set(clean["channel_ids"]) - {r["id"] for r in found}
             if missing:
-                raise Invalid("channel_ids", f"no such channel in this workspace: "
-                                             f"{sorted(missing)[0]}")
+                raise NotFound(f"channel_ids: no such channel in this workspace: "
+                               f"{sorted(missing)[0]}", "channel_ids")
             row = await conn.fetchrow(
                 "INSERT INTO alert_rules (id, workspace_id, api_id, name, metric, comparison,"
                 " threshold, window_seconds, for_seconds, channel_ids, enabled)"
@@ -362,8 +390,13 @@ def decrypt_channel(row, keyring) -> notify.Channel:
         if keyring is None:
             raise Conflict("channel has a secret but ENCRYPTION_KEY is not set")
         secret = keyring.decrypt(row["secret"], notify.secret_aad(row["id"]))
+    config = dict(row["config"])
+    if row.get("url_credentials") is not None:
+        if keyring is None:
+            raise Conflict("channel has a sealed URL but ENCRYPTION_KEY is not set")
+        config["url"] = keyring.decrypt(row["url_credentials"], url_aad(row["id"]))
     return notify.Channel(row["id"], row["workspace_id"], row["name"], row["kind"],
-                          dict(row["config"]), secret)
+                          config, secret)
 
 
 async def record_attempt(conn, outbox_id: int, attempt: int, result: notify.Result, *,

@@ -635,6 +635,17 @@ class Repository:
     async def accept_invitation(self, user_id: str, token: str) -> dict:
         async with self.pool.acquire() as conn, conn.transaction():
             user = await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+            # A member accepting again would use the invitation up for nothing (and an
+            # admin may mean it for a role change): refuse, and leave it pending. Said
+            # only for a pending invitation to this user's own address.
+            role = await conn.fetchval(
+                "SELECT m.role FROM invitations i JOIN memberships m ON m.workspace_id ="
+                " i.workspace_id AND m.user_id = $2 WHERE i.token_hash = $1"
+                " AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now()"
+                " AND lower(i.email) = lower($3)", _sha256(token), user_id, user["email"])
+            if role is not None:
+                raise Conflict(f"invitation: you are already a member of this workspace (as "
+                               f"{role}); the invitation stays pending", "invitation")
             workspace, role = await self._accept(conn, user, token)
         return workspace_out(workspace, role)
 
@@ -991,15 +1002,18 @@ class Repository:
                     await conn.execute("UPDATE apis SET upstream_headers = $2 WHERE id = $1",
                                        row["id"], headers)
                     await self._notify(conn, row["workspace_id"], "api", row["id"])
-            rows = await conn.fetch("SELECT id FROM notification_channels"
-                                    " WHERE secret IS NOT NULL FOR UPDATE")
+            rows = await conn.fetch("SELECT id, secret, url_credentials FROM"
+                                    " notification_channels WHERE secret IS NOT NULL"
+                                    " OR url_credentials IS NOT NULL FOR UPDATE")
             for row in rows:
-                value = await conn.fetchval("SELECT secret FROM notification_channels"
-                                            " WHERE id = $1", row["id"])
-                if self.keyring.needs_rotation(value):
-                    aad = f"channel:{row['id']}:secret"
-                    await conn.execute(
-                        "UPDATE notification_channels SET secret = $2 WHERE id = $1", row["id"],
-                        self.keyring.encrypt(self.keyring.decrypt(value, aad), aad))
-                    count += 1
+                # the channel's secret, and a webhook URL with credentials (user:password@)
+                for column, aad in (("secret", f"channel:{row['id']}:secret"),
+                                    ("url_credentials", f"channel:{row['id']}:url")):
+                    value = row[column]
+                    if value is not None and self.keyring.needs_rotation(value):
+                        await conn.execute(
+                            f"UPDATE notification_channels SET {column} = $2 WHERE id = $1",
+                            row["id"], self.keyring.encrypt(self.keyring.decrypt(value, aad),
+                                                            aad))
+                        count += 1
         return count

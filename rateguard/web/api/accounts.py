@@ -121,7 +121,7 @@ async def me(ctx: Ctx):
 
 @op("POST", "/invitations/accept", summary="Join the workspace of an invitation sent to "
     "the signed-in user's email address.", tag="accounts", access="user", request=s.ACCEPT,
-    response=s.ref("Workspace"), errors=(400, 422))
+    response=s.ref("Workspace"), errors=(400, 409, 422))
 async def accept_invitation(ctx: Ctx):
     body = validate.body_object(ctx.body, {"token"}, {"token"})
     if not isinstance(body["token"], str) or not 1 <= len(body["token"]) <= 200:
