@@ -1,7 +1,7 @@
 """Upstream connections: a keep-alive pool of HTTP/1.1 client connections.
 
 Each connection parses responses with httptools and hands the pieces to the exchange
-it currently serves (see http_server.Exchange). Connections go back to the pool only
+it currently serves (a ``ResponseSink``: exchange.Exchange). Connections go back to the pool only
 after a complete response on a keep-alive connection with the request fully sent.
 """
 
@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 from collections import defaultdict
+from typing import Any, Protocol
 
 import httptools
 
@@ -24,6 +25,29 @@ class UpstreamConnectError(Exception):
         self.timeout = timeout
 
 
+class ResponseSink(Protocol):
+    """The interface between an upstream connection and the exchange it serves
+    (implemented by exchange.Exchange; unit tests drive either side with a fake)."""
+
+    client: Any  # pause_reading / resume_reading("upstream"): flow control of the body
+    server: Any  # server.loop.time(): the clock of the timeouts
+    last_activity: float  # progress of the upstream, refreshed when it drains our writes
+
+    def on_response_head(self, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def on_response_body(self, chunk: bytes) -> None: ...
+
+    def on_response_end(self, upstream_keep_alive: bool) -> None: ...
+
+    def on_upstream_error(self, message: str) -> None: ...
+
+    def on_upstream_lost(self, conn: "UpstreamConnection") -> None: ...
+
+    def flush(self) -> None:
+        """Write what the response pieces of one read produced, in one call."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("upstream", "transport", "parser", "exchange", "closed", "idle_since",
                  "_reason", "_headers", "_informational", "received", "paused_at")
@@ -32,7 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange = None
+        self.exchange: ResponseSink | None = None
         self.closed = False
         self.idle_since = 0.0
         self._reason = b""
