@@ -778,14 +778,15 @@ def secrets_new_key() -> None:
 @click.option("--proxy-port", default=3001, show_default=True, type=int)
 @click.option("--metrics-port", default=9090, show_default=True, type=int)
 @click.option("--web-port", default=3000, show_default=True, type=int,
-              help="Management API (and, later, the dashboard).")
+              help="Dashboard and management API (/api/v1).")
 def up(data_dir: Path, proxy_port: int, metrics_port: int, web_port: int) -> None:
     """Run the whole system on this machine.
 
     Any of DATABASE_URL, REDIS_URL, KAFKA_BROKERS and CLICKHOUSE_URL that is not set is
     replaced by an embedded server (PostgreSQL, Valkey, a Tansu broker, chdb), so no
     setting is needed. Migrates PostgreSQL, seeds a demo workspace (API, policy, key,
-    login), runs the management API on --web-port and prints a curl line that works.
+    login), runs the dashboard and management API on --web-port and prints a curl line
+    that works.
     """
     from rateguard.up import run_up
 

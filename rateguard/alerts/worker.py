@@ -174,7 +174,10 @@ class AlertsWorker:
                 await self._close_conn()
             finally:
                 if self.role == "leader":
-                    log.warning("alerts: no longer leader")
+                    if self._stopping:  # a deliberate stop hands the lock on: no warning
+                        log.info("alerts: leadership released (stopping)")
+                    else:
+                        log.warning("alerts: no longer leader")
                     self.role = "standby"
                     await self._close_conn()  # releases the lock if the connection lives
             await asyncio.sleep(self.leader_poll)

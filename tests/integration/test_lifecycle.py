@@ -186,3 +186,53 @@ def test_rateguard_up_serves_the_printed_curl_and_stops_cleanly(tmp_path):
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True,
                                text=True).stdout.split()
     assert leftovers == [], "processes left behind"
+
+
+def test_rateguard_up_stops_cleanly_on_ctrl_c(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: `up` and,
+    unless it shields them, its servers and the proxy. It stops in dependency order (proxy
+    and workers, then the servers), one line per component, exit 0, no traceback and no
+    client errors from servers that went first."""
+    proxy_port, metrics_port, web_port = free_port(), free_port(), free_port()
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("REDIS_URL", "KAFKA_BROKERS", "CLICKHOUSE_URL", "DATABASE_URL")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rateguard", "up", "--data-dir", str(tmp_path / "data"),
+         "--proxy-port", str(proxy_port), "--metrics-port", str(metrics_port),
+         "--web-port", str(web_port)],
+        env={**clean, "LOG_LEVEL": "info"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)  # its own group, as a shell job is
+    output = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        assert output and output[-1].startswith("Press Ctrl-C"), "".join(output)
+        time.sleep(2)  # the analytics consumer and the alerts leader are at work
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        rest, _ = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    stopping = rest[rest.index("Stopping"):] if "Stopping" in rest else rest
+    assert proc.returncode == 0, "".join(output) + rest
+    for bad in ("Traceback", "CancelledError", "aiokafka", "ERROR", "no longer leader",
+                "KafkaConnectionError"):
+        assert bad not in rest, f"{bad!r} after Ctrl-C:\n{rest}"
+    components = ["Proxy", "Web", "Alerts", "Analytics", "Echo upstream", "Kafka broker",
+                  "Valkey", "PostgreSQL"]
+    lines = [line.strip() for line in stopping.splitlines() if line.strip()]
+    order = [next((i for i, line in enumerate(lines) if line.startswith(name)), -1)
+             for name in components]
+    assert -1 not in order and order == sorted(order), \
+        f"one line per component, proxy and workers before the servers:\n{stopping}"
+    assert lines[-1] == "RateGuard stopped.", stopping
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True,
+                               text=True).stdout.split()
+    assert leftovers == [], "processes left behind"
