@@ -297,4 +297,9 @@ if __name__ == "__main__":
     parser.add_argument("--ready-file", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("RATEGUARD_ENV", "development")
+    try:  # stop with the process that started us, even when it is killed (Linux)
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
     asyncio.run(main(args.workdir.resolve(), args.ready_file))

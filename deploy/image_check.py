@@ -20,7 +20,8 @@ What differs from a pod, and why (printed in the output too):
   a minimal HTTP interface.
 
 Checks: `db migrate` exits 0 twice; web answers its probes and the management API
-(signup, login, policy, API, key); proxy answers its probes and metrics and forwards a
+(anonymous signup refused; the first owner made with `rateguard users create` through
+exec, as an operator would; login, policy, API, key); proxy answers its probes and metrics and forwards a
 request with that key; analytics lands that request in ClickHouse; alerts is leader and
 ready; each container exits 0 on SIGTERM (after its preStop hook) within the pod's
 terminationGracePeriodSeconds. A failure names the entrypoint and prints its last log
@@ -291,9 +292,9 @@ class Spec:
 
 # ------------------------------------------------------------------ the engine
 class Engine:
-    def __init__(self, argv: list[str], image: str, kind: str) -> None:
+    def __init__(self, argv: list[str], image: str, kind: str, tag: str) -> None:
         self.argv, self.image, self.kind = argv, image, kind
-        self.tag = f"rg-check-{os.getpid()}"
+        self.tag = tag  # container names and a label, so that leftovers can be found
         self.names: list[str] = []
         self.limits = True
 
@@ -435,9 +436,17 @@ class Checker:
                 raise CheckFailed("web", f"{method} /api/v1{path} answered {status}: {raw[:300]!r}")
             return json.loads(raw) if raw else None
 
-        signup = call("POST", "/auth/signup", {"email": email, "password": password,
-                                               "workspace_name": "image check"}, expect=(201,))
-        workspace = signup["workspace"]["id"]
+        # Production default SIGNUP=invite: a stranger gets no account; the first one comes
+        # from the operator, as `kubectl exec deploy/web -- rateguard users create` would.
+        call("POST", "/auth/signup", {"email": email, "password": password}, expect=(403,))
+        proc = self.engine.run("exec", "--env", f"RATEGUARD_PASSWORD={password}",
+                               self.names["web"], "rateguard", "users", "create", "--email", email,
+                               "--workspace", "new", "--role", "owner", timeout=60)
+        match = re.search(r" in (\S+) as owner", proc.stdout)
+        if proc.returncode != 0 or not match:
+            raise CheckFailed("web", f"exec rateguard users create: exit {proc.returncode}: "
+                                     f"{(proc.stdout + proc.stderr).strip()[-500:]}")
+        workspace = match.group(1)
         session = call("POST", "/auth/login", {"email": email, "password": password}, expect=(200,))
         token = session["access_token"]
         base = f"/workspaces/{workspace}"
@@ -449,7 +458,8 @@ class Checker:
                                                 "policy_id": policy["id"]},
                        token=token, expect=(201,))
         key = call("POST", base + "/keys", {"name": "image-check"}, token=token, expect=(201,))
-        say(f"  web       management API: signup, login, policy, API {prefix}, key {key['key'][:10]}...")
+        say(f"  web       management API: anonymous signup refused (403, SIGNUP=invite); owner made by "
+            f"`exec rateguard users create`; login, policy, API {prefix}, key {key['key'][:10]}...")
         return {"prefix": prefix, "key": key["key"], "api_id": api_obj["id"]}
 
     def proxy_forwards(self, made: dict) -> str:
@@ -539,7 +549,9 @@ def image_facts(engine: Engine, spec: Spec) -> None:
     size = int(engine.run("image", "inspect", "--format", fmt, engine.image, check=True).stdout.strip())
     history = engine.run("history", "--format", "{{.Size}}\t{{.CreatedBy}}", engine.image,
                          check=True).stdout.strip().splitlines()
-    say(f"  image {engine.image}: {size / 1e6:.0f} MB, {len(history)} history entries:")
+    layers = engine.run("image", "inspect", "--format", "{{len .RootFS.Layers}}", engine.image,
+                        check=True).stdout.strip()
+    say(f"  image {engine.image}: {size / 1e6:.0f} MB, {layers} layers, {len(history)} history entries:")
     for line in history:
         layer_size, created = (line.split("\t", 1) + [""])[:2]
         say(f"    {layer_size:>10}  {created.strip()[:100]}")
@@ -583,10 +595,12 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="python with rateguard[embedded]")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--summary", type=Path, help="write the timings as JSON here")
+    parser.add_argument("--tag", default=f"rg-check-{os.getpid()}",
+                        help="prefix of the container names, value of their label")
     args = parser.parse_args()
 
     import shlex
-    engine = Engine(shlex.split(args.engine_cmd), args.image, args.engine)
+    engine = Engine(shlex.split(args.engine_cmd), args.image, args.engine, args.tag)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rg-image-check-"))
     servers_proc = None
     failed: CheckFailed | None = None
@@ -616,6 +630,7 @@ def main() -> int:
             [args.python, str(ROOT / "deploy" / "hostservers.py"), "--workdir",
              str(workdir / "servers"), "--ready-file", str(ready)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (workdir / "hostservers.pid").write_text(str(servers_proc.pid))
         started = time.monotonic()
         while not ready.exists():
             if servers_proc.poll() is not None or time.monotonic() - started > 90:
@@ -631,8 +646,9 @@ def main() -> int:
         specs = {name: Spec(name, prod[name], prod_docs, values) for name in prod}
         for name, spec in specs.items():
             say(f"  {name:<10} {'; '.join(spec.notes) or 'as rendered'}")
-        say(f"  security (all): {' '.join(o for o in specs['proxy'].options if o.startswith('--') and o not in ('--memory', '--cpus', '--stop-timeout'))}"
-            " ; seccomp RuntimeDefault = the engine's default profile")
+        for name, spec in specs.items():
+            say(f"  {name:<10} {' '.join(spec.options)}")
+        say("  (seccompProfile RuntimeDefault: the engine's default profile, checked below)")
 
         checker = Checker(engine, specs, servers)
         say("\n== image")
