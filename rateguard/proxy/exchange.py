@@ -354,13 +354,17 @@ class Exchange:
                 self.fail(504, "upstream_timeout",
                           f"upstream stopped reading the request for {self.timeout:g}s")
             return
-        if not self.body_done and not self.response_started:
-            return  # the request is still arriving; the client's timeout applies
+        last = self.last_activity
+        if not self.body_done:
+            if not self.response_started:
+                return  # the request is still arriving; the client's timeout applies
+            # An early answer while the body still flows: the upload is progress too.
+            last = max(last, self.body_activity)
         if client.writing_paused:  # a slow reader; the upstream waits for it
             if now - client.write_paused_at >= self.server.send_timeout:
                 self.fail(504, "client_timeout", "client stopped reading")
             return
-        if now - self.last_activity < self.timeout:
+        if now - last < self.timeout:
             return
         self.fail(504, "upstream_timeout", f"upstream did not answer within {self.timeout:g}s")
 

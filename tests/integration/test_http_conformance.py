@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import socket
 import time
@@ -222,17 +223,22 @@ async def test_rfc9112_9_5_upload_slower_than_the_upstream_timeout_completes(pro
     assert seen["size"] == len(body) and seen["sha256"] == hashlib.sha256(body).hexdigest()
 
 
-async def _download_after_pause(proxy, auth, size: int, pause: float) -> bytes:
+async def _download_after_pause(proxy, auth, size: int, pause: float, *,
+                                path: bytes | None = None) -> bytes:
+    """GET ``size`` bytes through a small receive buffer; read 16 KiB, stop reading for
+    ``pause`` seconds, then read the rest."""
+    if not auth.startswith(b"Authorization"):
+        auth = b"Authorization: Bearer " + auth + b"\r\n"
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, ("127.0.0.1", proxy.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(get(b"/short/bytes?n=%d" % size, auth))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    writer.write(get(path or b"/short/bytes?n=%d" % size, auth))
     data = await reader.read(16 * 1024)
     await asyncio.sleep(pause)
-    data += await asyncio.wait_for(reader.read(), 20)
+    data += await asyncio.wait_for(reader.read(), 60)
     writer.close()
     return data
 
@@ -492,3 +498,58 @@ async def test_rfc9112_9_3_2_pipelined_requests_are_answered_in_order(proxy, aut
 
 async def test_the_proxy_logged_no_traceback(proxy):
     assert "Traceback" not in proxy.log()
+
+
+# -- issue 18's long transfers, with the default timeouts (about 3 minutes: opt-in) ----
+
+LONG = pytest.mark.skipif(not os.environ.get("RATEGUARD_LONG_TRANSFERS"),
+                          reason="set RATEGUARD_LONG_TRANSFERS=1 (about 3 minutes)")
+
+
+@pytest.fixture(scope="module")
+def default_proxy(proxies, upstream):
+    """Default timeouts (UPSTREAM_TIMEOUT 30 s, PROXY_BODY_TIMEOUT 30 s); only the
+    API's body limit is raised for the 200 MiB upload."""
+    keys = Keys()
+    config = {"workspaces": [{
+        "id": "long", "keys": [keys.entry("k")],
+        "apis": [{"id": "echo", "prefix": "/echo", "upstream": upstream.url,
+                  "max_body_bytes": 256 * 1024 * 1024}]}]}
+    started = proxies(config)
+    started.keys = keys
+    return started
+
+
+@LONG
+async def test_long_upload_200_mib_at_2_mib_per_second_completes(default_proxy):
+    auth = b"Authorization: Bearer " + default_proxy.keys.plain["k"].encode() + b"\r\n"
+    size, rate, piece = 200 * 1024 * 1024, 2 * 1024 * 1024, 256 * 1024
+    block = hashlib.sha256(b"long").digest() * (piece // 32)
+    digest = hashlib.sha256()
+    reader, writer = await asyncio.open_connection("127.0.0.1", default_proxy.port)
+    writer.write(b"POST /echo/up HTTP/1.1\r\nHost: gw.test\r\n" + auth
+                 + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % size)
+    started = time.monotonic()
+    for sent in range(0, size, piece):
+        writer.write(block)
+        digest.update(block)
+        await writer.drain()
+        delay = started + (sent + piece) / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    data = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    status, _, body = one(data)
+    assert status == 200, data[:300]
+    assert orjson.loads(body)["sha256"] == digest.hexdigest()
+    assert time.monotonic() - started > 90
+
+
+@LONG
+async def test_long_download_to_a_client_pausing_60_s_completes(default_proxy):
+    size = 64 * 1024 * 1024
+    data = await _download_after_pause(default_proxy, default_proxy.keys.plain["k"].encode(),
+                                       size, 60, path=b"/echo/bytes?n=%d" % size)
+    status, _, body = one(data)
+    assert status == 200 and len(body) == size
+    assert hashlib.sha256(body).hexdigest() == expected_bytes(size)

@@ -244,3 +244,15 @@ async def test_the_upstream_timeout_runs_from_the_request_sent_to_the_first_byte
     assert not exchange.finished
     rig.check(exchange.last_activity + UPSTREAM_TIMEOUT + 0.05)
     assert rig.sent.startswith(b"HTTP/1.1 504 ")
+
+
+async def test_an_early_answer_during_an_upload_is_not_cut_while_the_body_flows(rig):
+    await rig.feed(b"POST /u HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+    exchange = rig.client.active
+    rig.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nst")
+    start = exchange.last_activity
+    exchange.body_activity = start + 1.5  # the client kept sending
+    rig.check(start + 2.0)  # upstream silent 2 s > 1 s, but the body moved 0.5 s ago
+    assert not exchange.finished
+    rig.check(start + 1.5 + UPSTREAM_TIMEOUT + 0.05)
+    assert exchange.finished and rig.client.closing  # cut (lingering): the answer had begun
