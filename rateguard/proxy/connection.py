@@ -42,7 +42,7 @@ class ClientConnection(asyncio.Protocol):
                  "headers", "head_bytes", "current", "active", "pending", "paused_for",
                  "closing", "writing_paused", "idle_since", "head_since", "linger_until",
                  "hop", "drop", "drop_key", "write_paused_at", "final", "valid_host",
-                 "marks", "method_override")
+                 "marks", "method_override", "upgrade_rest")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -66,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         self.hop = b""
         self.marks = 0  # request starts + ends parsed: even between requests
         self.method_override: bytes | None = None
+        self.upgrade_rest = b""  # bytes after a WebSocket handshake, for the relay
         self.valid_host = b""
         self.drop = self.drop_key = _FORWARDED
         # Deadlines checked by the server's sweep (no timer per request).
@@ -101,8 +102,15 @@ class ClientConnection(asyncio.Protocol):
         marks = self.marks
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # upgrades are not proxied: the request is answered, then we close
+        except httptools.HttpParserUpgrade as exc:
+            # The head asked for another protocol: nothing after it is HTTP. A WebSocket
+            # handshake keeps what followed it for the relay (see relay.py); any other
+            # upgrade is answered as a plain request, then the connection closes.
+            self.final = True
+            active = self.active
+            if active is not None and active.upgrade is not None and not active.finished:
+                self.upgrade_rest = data[exc.args[0]:] if exc.args else b""
+                self.pause_reading("upgrade")
         except httptools.HttpParserError as exc:
             if self.final:
                 # Bytes after the last request (RFC 9112 9.6): answer the request
@@ -197,6 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = exchange
         if parser.should_upgrade():
             exchange.keep_alive = False
+            exchange.upgrade = rh.websocket_upgrade(method, self.headers)
         if self.head_bytes > MAX_HEAD_BYTES:
             exchange.keep_alive = False
             self.head_since = 0.0

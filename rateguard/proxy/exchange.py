@@ -52,7 +52,7 @@ class Exchange:
         "upstream_started", "upstream_ms", "last_activity", "timeout", "reused",
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
-        "body_activity", "refusal", "path", "query", "has_connection",
+        "body_activity", "refusal", "path", "query", "has_connection", "upgrade",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -99,6 +99,7 @@ class Exchange:
         # (status, error, message, extra lines): the request is answered by the proxy
         # without routing (a malformed head, a refused method).
         self.refusal = None
+        self.upgrade: bytes | None = None  # "websocket": a handshake (see relay.py)
         host = authorization = x_api_key = user_agent = expect = request_id = None
         forwarded_for = forwarded_proto = None
         has_connection = False
@@ -284,6 +285,8 @@ class Exchange:
         target = admission.upstream_path.encode("latin-1") + self.query
         if self.chunked_in:
             framing = _CHUNKED
+        elif self.upgrade is not None:  # hop-by-hop, so added back for this hop
+            framing = b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n"
         elif self.content_length is not None:  # Content-Length: 0 too (a POST says it)
             framing = b"content-length: %d\r\n" % self.content_length
         else:
@@ -481,6 +484,32 @@ class Exchange:
         if not self.keep_alive:
             self.client.close()
         self.finish()
+
+    def on_switch(self, conn: UpstreamConnection, reason: bytes, headers: list,
+                  rest: bytes) -> bool:
+        """The upstream answered 101 to our WebSocket handshake: relay both ways
+        (relay.py). False when the request did not ask for it (then: 502)."""
+        if self.upgrade is None or self.finished or conn is not self.conn:
+            return False
+        from rateguard.proxy.relay import Relay  # WebSockets only
+
+        server, client = self.server, self.client
+        self.upstream_ms = (time.perf_counter() - self.upstream_started) * 1000.0
+        self.status = 101
+        self.response_started = True
+        extra = self.response_lines()
+        extra.append(b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n")
+        client.write(h.client_response_head(101, reason, headers, extra=extra, framing=b"",
+                                            keep_alive=True, http10=False))
+        conn.exchange = None
+        self.conn = None
+        self.keep_alive = True  # the drain sets it False: the relay then says going-away
+        relay = Relay(self, client, conn, server.websocket_idle)
+        server.exchanges.discard(self)
+        server.exchanges.add(relay)
+        rest_up, client.upgrade_rest = client.upgrade_rest, b""
+        relay.start(rest, rest_up)
+        return True
 
     def on_upstream_error(self, message: str) -> None:
         self.fail(502, "bad_gateway", message)

@@ -37,6 +37,7 @@ BODY_SECONDS = 30.0  # longest pause while a client sends a request body
 # Longest pause of a client that does not read its response (nginx's send_timeout): a
 # reader that takes anything at all within this keeps its download going.
 SEND_SECONDS = 120.0
+WEBSOCKET_IDLE_SECONDS = 300.0  # a relayed WebSocket silent both ways this long is closed
 
 
 class ProxyServer(Recorder):
@@ -47,8 +48,10 @@ class ProxyServer(Recorder):
                  special_paths: dict[str, Callable[[], tuple[int, bytes]]],
                  head_timeout: float = HEAD_SECONDS, keepalive_timeout: float = KEEPALIVE_SECONDS,
                  body_timeout: float = BODY_SECONDS, trusted_proxies: tuple = (),
-                 busy_poll_us: int = 0, send_timeout: float = SEND_SECONDS) -> None:
+                 busy_poll_us: int = 0, send_timeout: float = SEND_SECONDS,
+                 websocket_idle: float = WEBSOCKET_IDLE_SECONDS) -> None:
         self.trusted_proxies = trusted_proxies
+        self.websocket_idle = websocket_idle
         self.send_timeout = send_timeout
         self.date = rh.DateLine()  # refreshed by the sweep
         self.head_timeout = head_timeout

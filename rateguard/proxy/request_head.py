@@ -61,6 +61,20 @@ def overlong_utf8(path: str) -> bool:
     return _OVERLONG.search(data) is not None
 
 
+def websocket_upgrade(method: bytes, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The ``Upgrade`` value to forward when the head is a WebSocket handshake (RFC
+    6455 4.1: GET, ``Upgrade: websocket``, ``Connection: upgrade``), else None."""
+    if method != b"GET":
+        return None
+    upgrade = connection = False
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = upgrade or b"websocket" in value.lower()
+        elif name == b"connection":
+            connection = connection or b"upgrade" in value.lower()
+    return b"websocket" if upgrade and connection else None
+
+
 def version_refusal(version: str) -> tuple[int, str] | None:
     """``(status, message)`` for an HTTP version the proxy does not serve, else None.
     A request line without a version (HTTP/0.9) is malformed for HTTP/1.1 (RFC 9112

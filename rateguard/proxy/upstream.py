@@ -44,6 +44,11 @@ class ResponseSink(Protocol):
 
     def on_upstream_lost(self, conn: "UpstreamConnection") -> None: ...
 
+    def on_switch(self, conn: "UpstreamConnection", reason: bytes,
+                  headers: list[tuple[bytes, bytes]], rest: bytes) -> bool:
+        """101 from the upstream: take the connection over (a WebSocket relay), or
+        False to refuse it."""
+
     def flush(self) -> None:
         """Write what the response pieces of one read produced, in one call."""
 
@@ -84,9 +89,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # 101 Switching Protocols to a request that asked for no upgrade (RFC 9110
-            # 15.2.2: a server must not switch unless asked).
+        except httptools.HttpParserUpgrade as exc:
+            # 101 Switching Protocols: relayed for a WebSocket handshake; to a request
+            # that asked for no upgrade it is a 502 (RFC 9110 15.2.2: a server must not
+            # switch unless asked).
+            if self.parser.get_status_code() == 101 and exchange.on_switch(
+                    self, self._reason, self._headers, data[exc.args[0]:] if exc.args else b""):
+                return
             exchange.on_upstream_error("upstream switched protocols unasked")
             self.abort()
             return
