@@ -571,6 +571,7 @@ done
 echo "python $(python -c 'import sys; print(sys.version.split()[0])'), uid $(id -u):$(id -g), $(grep Seccomp: /proc/self/status | tr -s '\t ' ' '), $(grep NoNewPrivs /proc/self/status | tr -s '\t ' ' '), CapEff $(grep CapEff /proc/self/status | cut -f2)"
 if touch /opt/venv/x 2>/dev/null; then echo "root filesystem writable"; bad=1; fi
 rateguard --version
+[ "$bad" = 0 ] && echo "no compiler (gcc, cc, make, ld ...), no pip, no embedded server package, read-only root"
 exit $bad
 """
     name, argv = engine.create(spec, "-facts")
