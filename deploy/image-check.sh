@@ -82,6 +82,7 @@ bounded() {
 engine_cmd=()
 cleanup() {
     local rc=$?
+    set +e  # every step below runs, whatever the one before it returned
     trap - EXIT INT TERM
     [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null && wait "$child" 2>/dev/null
     # what image_check.py could not remove itself (it was killed): its containers by

@@ -607,6 +607,7 @@ def main() -> int:
     failed: CheckFailed | None = None
 
     def on_signal(signum, frame):
+        say(f"\ninterrupted (signal {signum}): removing the containers, stopping the servers")
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
     names: dict[str, str] = {}
