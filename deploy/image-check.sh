@@ -24,6 +24,8 @@
 #   IMAGE_CHECK_STATE    cache and podman storage (default /var/tmp/rateguard-image)
 #   IMAGE_CHECK_ENGINE   docker or podman (default: docker if its engine answers)
 #   IMAGE_CHECK_REBUILD  1: build even when an image of the same sources exists
+#   IMAGE_CHECK_BENCH    N: also `python -m bench run --target` for N s against the
+#                        containerised proxy and the same proxy on the host (not in CI)
 #   KUBECTL              kubectl to use
 set -euo pipefail
 
@@ -242,7 +244,7 @@ left=$(remaining)
 (( left > 60 )) || fail "time budget of ${BUDGET}s: only ${left}s left for the entrypoint checks"
 bounded "$PY" deploy/image_check.py --engine "$ENGINE" --engine-cmd "${engine_cmd[*]}" \
     --image "$IMAGE" --kubectl "$KUBECTL" --python "$PY" --workdir "$WORK" --tag "$TAG" \
-    || fail "entrypoint checks (above)"
+    --bench "${IMAGE_CHECK_BENCH:-0}" || fail "entrypoint checks (above)"
 phase_end
 
 printf '\n== deploy/image-check.sh: all checks passed in %ds (budget %ds), %s, base %s\n' \

@@ -344,14 +344,14 @@ def drop_limits(options: list[str]) -> list[str]:
 
 
 def wait_http(url: str, timeout: float, what: str, entrypoint: str, accept=lambda s, b: s == 200,
-              alive=None) -> tuple[float, bytes]:
+              alive=None, headers: dict | None = None) -> tuple[float, bytes]:
     started = time.monotonic()
     last = "no answer"
     while time.monotonic() - started < timeout:
         if alive is not None and not alive():
             raise CheckFailed(entrypoint, f"{what}: the container exited")
         try:
-            status, body, _ = http("GET", url, timeout=2)
+            status, body, _ = http("GET", url, headers=headers, timeout=2)
             if accept(status, body):
                 return time.monotonic() - started, body
             last = f"{status} {body[:200]!r}"
@@ -421,7 +421,7 @@ class Checker:
             f"(create {t1 - t0:.1f}s); {path} and {live_path} on :{port} answer 200")
         return name
 
-    def web_api(self) -> dict:
+    def web_api(self, upstream: str | None = None, limits: list[str] | None = None) -> dict:
         spec = self.specs["web"]
         api = f"http://127.0.0.1:{spec.port('http')}/api/v1"
         status, _, _ = http("GET", api + "/openapi.json")
@@ -450,11 +450,12 @@ class Checker:
         session = call("POST", "/auth/login", {"email": email, "password": password}, expect=(200,))
         token = session["access_token"]
         base = f"/workspaces/{workspace}"
-        policy = call("POST", base + "/policies", {"name": "image-check", "limits": ["100/min"]},
+        policy = call("POST", base + "/policies", {"name": "image-check-" + uuid.uuid4().hex[:6],
+                                                   "limits": limits or ["100/min"]},
                       token=token, expect=(201,))
         prefix = "/image-check-" + uuid.uuid4().hex[:6]
         api_obj = call("POST", base + "/apis", {"name": "echo", "prefix": prefix,
-                                                "upstream_url": self.servers["UPSTREAM_URL"],
+                                                "upstream_url": upstream or self.servers["UPSTREAM_URL"],
                                                 "policy_id": policy["id"]},
                        token=token, expect=(201,))
         key = call("POST", base + "/keys", {"name": "image-check"}, token=token, expect=(201,))
@@ -511,6 +512,54 @@ class Checker:
             return status == 200 and json.loads(body).get("role") == "leader"
         elapsed, _ = wait_http(f"http://127.0.0.1:{port}{path}", 20, "leadership", "alerts", leader)
         say(f"  alerts    leader (readyz role=leader) within {elapsed:.1f}s")
+
+    def bench(self, seconds: float, python: str, workdir: Path) -> None:
+        """`python -m bench run --target` against the containerised proxy and against the
+        same proxy run on the host (same settings, same servers, bench/upstream.py as the
+        upstream of both), each with --direct and --target-pid."""
+        spec = self.specs["proxy"]
+        procs: list[subprocess.Popen] = []
+        try:
+            up_port = free_port()
+            procs.append(subprocess.Popen([python, "-m", "bench.upstream", "--port", str(up_port),
+                                           "--size", "1024"], cwd=ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            upstream = f"http://127.0.0.1:{up_port}"
+            wait_http(upstream + "/", 15, "bench upstream", "bench")
+            made = self.web_api(upstream, limits=["1000000/s"])
+            host_port, host_metrics = free_port(), free_port()
+            log = open(workdir / "host-proxy.log", "wb")
+            host = subprocess.Popen([python, "-m", "rateguard", "proxy"], cwd=ROOT,
+                                    env={**os.environ, **spec.env, "PROXY_PORT": str(host_port),
+                                         "METRICS_PORT": str(host_metrics)},
+                                    stdout=log, stderr=subprocess.STDOUT)
+            procs.append(host)
+            wait_http(f"http://127.0.0.1:{host_port}/readyz", 30, "host proxy", "bench")
+            container_pid = self.engine.run("inspect", "--format", "{{.State.Pid}}",
+                                            self.names["proxy"], check=True).stdout.strip()
+            runs = (("container", spec.port("http"), container_pid),
+                    ("host", host_port, str(host.pid)))
+            for label, port, pid in runs:
+                url = f"http://127.0.0.1:{port}{made['prefix']}"
+                wait_http(url + "/x", 20, f"{label} proxy with the bench key", "bench",
+                          accept=lambda s, b: s == 200, headers={"Authorization": f"Bearer {made['key']}"})
+                argv = [python, "-m", "bench", "run", "--target", url, "--key", made["key"],
+                        "--direct", upstream, "--target-pid", pid, "--duration", f"{seconds:g}",
+                        "--out", str(workdir / f"bench-{label}")]
+                say(f"  bench {label}: {' '.join(argv[1:])}")
+                proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                                      timeout=4 * seconds + 180)
+                for line in (proc.stdout + proc.stderr).strip().splitlines():
+                    say(f"    {line}")
+                if proc.returncode != 0:
+                    raise CheckFailed("bench", f"{label}: python -m bench exited {proc.returncode}")
+        finally:
+            for proc in procs:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     def stop(self, app: str, name: str) -> None:
         spec = self.specs[app]
@@ -596,6 +645,9 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="python with rateguard[embedded]")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--summary", type=Path, help="write the timings as JSON here")
+    parser.add_argument("--bench", type=float, default=0, metavar="SECONDS",
+                        help="also run python -m bench against the containerised proxy and "
+                             "the same proxy on the host, SECONDS each")
     parser.add_argument("--tag", default=f"rg-check-{os.getpid()}",
                         help="prefix of the container names, value of their label")
     args = parser.parse_args()
@@ -667,6 +719,9 @@ def main() -> int:
         request_id = checker.proxy_forwards(made)
         checker.analytics_landed(request_id)
         checker.alerts_leader()
+        if args.bench:
+            say("\n== bench: the containerised proxy and the same proxy on the host")
+            checker.bench(args.bench, args.python, workdir)
 
         say("\n== SIGTERM (preStop first where the pod has one)")
         errors: list[CheckFailed] = []
