@@ -347,9 +347,12 @@ def wait_http(url: str, timeout: float, what: str, entrypoint: str, accept=lambd
               alive=None, headers: dict | None = None) -> tuple[float, bytes]:
     started = time.monotonic()
     last = "no answer"
+    checked = started  # whether the container still runs: once a second (an engine call)
     while time.monotonic() - started < timeout:
-        if alive is not None and not alive():
-            raise CheckFailed(entrypoint, f"{what}: the container exited")
+        if alive is not None and time.monotonic() - checked >= 1.0:
+            checked = time.monotonic()
+            if not alive():
+                raise CheckFailed(entrypoint, f"{what}: the container exited")
         try:
             status, body, _ = http("GET", url, headers=headers, timeout=2)
             if accept(status, body):
