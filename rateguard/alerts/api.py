@@ -5,7 +5,7 @@ are routed and documented in the OpenAPI document like every other operation."""
 
 from __future__ import annotations
 
-from rateguard.alerts.rules import COMPARATORS, METRICS, STATES
+from rateguard.alerts.rules import COMPARATORS, METRICS, RATIO_METRICS, STATES
 from rateguard.alerts.store import AlertStore
 from rateguard.web.api import schemas as s
 from rateguard.web.api.registry import Ctx, Param, op
@@ -61,8 +61,13 @@ s.COMPONENTS.update({
 for _name in ("AlertChannel", "AlertRule", "AlertTransition", "AlertDelivery"):
     s.COMPONENTS[_name + "List"] = s.items_of(_name)
 
-HTTP_URL = {**s.HTTP_URL, "description": "an http(s) URL; link-local and cloud-metadata "
-                                            "hosts are refused"}
+EGRESS = ("refused, whatever the pattern allows: cloud metadata names (metadata, "
+          "metadata.google.internal, ...) and unroutable addresses (this network 0.0.0.0/8 "
+          "and ::, link-local 169.254.0.0/16 and fe80::/10, multicast, broadcast, 240.0.0.0/4, "
+          "also in legacy numeric forms such as 0x0 or 2852039166 and inside IPv6 forms "
+          "that embed IPv4); in production also private and loopback addresses unless "
+          "ALLOW_PRIVATE_UPSTREAMS")
+HTTP_URL = {**s.HTTP_URL, "description": "an http(s) URL; " + EGRESS}
 EMAIL = {"type": "string", "format": "email", "maxLength": 254}
 _CHANNEL_COMMON = {"name": s.NAME}
 
@@ -90,14 +95,14 @@ CHANNEL_IN = {
                       ["url"], "a Slack incoming webhook"),
         _channel_kind("smtp", {
             "host": {"type": "string", "maxLength": 253,
-                     "pattern": "^([A-Za-z0-9.-]{1,253}|\\[?[0-9A-Fa-f:.]+\\]?)$"},
+                     "pattern": "^([A-Za-z0-9.-]{1,253}|\\[?[0-9A-Fa-f:.]+\\]?)$",
+                     "description": "a host name or IP address; " + EGRESS},
             "port": {"type": "integer", "minimum": 1, "maximum": 65535,
                      "description": "default 587 with starttls, else 25"},
             "starttls": {"type": "boolean", "default": True},
             "tls_verify": {"type": "boolean", "default": True},
             "username": {"type": "string", "minLength": 1, "maxLength": 254,
-                         "pattern": "^[^\\x00-\\x20\\x7f-\\x9f]([^\\x00-\\x1f\\x7f-\\x9f]*"
-                                    "[^\\x00-\\x20\\x7f-\\x9f])?$"},
+                         "pattern": s.TRIMMED},
             "password": {"type": "string", "minLength": 1, "maxLength": 1024,
                          "description": "needs username"},
             "from": EMAIL,
@@ -114,7 +119,8 @@ RULE_IN = s.obj({
                               "(ms), limited_ratio (share refused by the limiter, 0-1), "
                               "request_count"},
     "comparator": {"type": "string", "enum": list(COMPARATORS)},
-    "threshold": {"type": "number", "minimum": 0},
+    "threshold": {"type": "number", "minimum": 0, "maximum": 1e12,
+                  "description": "at most 1 for error_rate and limited_ratio (shares)"},
     "window_seconds": {"type": "integer", "minimum": 1, "maximum": 7 * 86400},
     "for_seconds": {"type": "integer", "minimum": 0, "maximum": 7 * 86400, "default": 0,
                     "description": "how long the condition must hold before firing"},
@@ -122,10 +128,12 @@ RULE_IN = s.obj({
     "channel_ids": {"type": "array", "items": s.ID, "maxItems": 20},
     "enabled": {"type": "boolean", "default": True},
 }, ["name", "metric", "comparator", "threshold", "window_seconds"])
+RULE_IN["if"] = {"properties": {"metric": {"enum": list(RATIO_METRICS)}}, "required": ["metric"]}
+RULE_IN["then"] = {"properties": {"threshold": {"maximum": 1}}}
 
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
               "at most this many entries")
-RULE_FILTER = Param("rule_id", {"type": "string", "maxLength": 64}, "only this rule")
+RULE_FILTER = Param("rule_id", s.QUERY_ID, "only this rule")
 
 
 def _store(ctx: Ctx) -> AlertStore:
@@ -167,7 +175,7 @@ async def list_alert_rules(ctx: Ctx):
 
 @op("POST", "/workspaces/{workspace_id}/alerts/rules", summary="Create an alert rule.",
     tag="alerts", access="admin", status=201, request=RULE_IN, response=s.ref("AlertRule"),
-    errors=(400, 422))
+    errors=(400, 409, 422))
 async def create_alert_rule(ctx: Ctx):
     return await _store(ctx).create_rule(ctx.actor, ctx.workspace_id, ctx.body)
 

@@ -322,19 +322,19 @@ class AlertStore:
         async with self.pool.acquire() as conn, conn.transaction():
             # FOR KEY SHARE: the API and channels stay until this rule is committed; a
             # concurrent delete waits (then removes the rule, or the channel from it) or
-            # came first and they are not found here (404 naming the field), never a
+            # came first and they are not found here (409 naming the field), never a
             # foreign-key error.
             if clean["api_id"] is not None and not await conn.fetchval(
                     "SELECT 1 FROM apis WHERE workspace_id = $1 AND id = $2 FOR KEY SHARE",
                     workspace_id, clean["api_id"]):
-                raise NotFound("api_id: no such API in this workspace", "api_id")
+                raise Conflict("api_id: no such API in this workspace", "api_id")
             found = await conn.fetch(
                 "SELECT id FROM notification_channels WHERE workspace_id = $1"
                 " AND id = ANY($2) ORDER BY id FOR KEY SHARE", workspace_id,
                 clean["channel_ids"])
             missing = set(clean["channel_ids"]) - {r["id"] for r in found}
             if missing:
-                raise NotFound(f"channel_ids: no such channel in this workspace: "
+                raise Conflict(f"channel_ids: no such channel in this workspace: "
                                f"{sorted(missing)[0]}", "channel_ids")
             row = await conn.fetchrow(
                 "INSERT INTO alert_rules (id, workspace_id, api_id, name, metric, comparison,"

@@ -717,11 +717,12 @@ class Repository:
     async def _check_policy_ref(self, conn, workspace_id: str, policy_id: str | None) -> None:
         """The policy exists, and stays until this transaction ends: FOR KEY SHARE makes a
         concurrent delete_policy wait for it (and then see the new reference: 409), or,
-        if the delete came first, finds no row (422), never a foreign-key error."""
+        if the delete came first, finds no row (409 naming the field: the request is well
+        formed, the workspace's current state refuses it), never a foreign-key error."""
         if policy_id is not None and not await conn.fetchval(
                 "SELECT 1 FROM policies WHERE workspace_id = $1 AND id = $2 FOR KEY SHARE",
                 workspace_id, policy_id):
-            raise Invalid("policy_id", "no such policy in this workspace")
+            raise Conflict("policy_id: no such policy in this workspace", "policy_id")
 
     # -- APIs ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,19 @@ _RESERVED_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "t
                      "upgrade", "proxy-connection", "content-length", "x-request-id",
                      "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 MAX_OVERLAP_SECONDS = 30 * 86400
+# What printable text refuses: control (Cc), format (Cf: zero-width and bidirectional
+# controls), surrogate (Cs) and separator characters (Zl, Zp, and Zs but the space).
+# Private-use characters and those this Python's Unicode tables do not know yet (an emoji
+# newer than them) are text: str.isprintable would refuse them. The OpenAPI document
+# states the same set (web/api/schemas.py, NOT_TEXT).
+NOT_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"})
+
+
+def printable(value: str) -> bool:
+    """True when ``value`` holds no control, format, surrogate or separator character
+    (the space excepted)."""
+    return value.isprintable() or all(
+        ch == " " or unicodedata.category(ch) not in NOT_TEXT_CATEGORIES for ch in value)
 
 
 def body_object(body: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:
@@ -53,7 +67,7 @@ def text(body: dict, name: str, *, max_len: int = 100, min_len: int = 1,
     if not isinstance(value, str):
         raise Invalid(name, "must be a string")
     value = value.strip()
-    if not value.isprintable():
+    if not printable(value):
         raise Invalid(name, "must not contain control characters")
     if not min_len <= len(value) <= max_len:
         raise Invalid(name, f"must be {min_len} to {max_len} characters")
@@ -248,7 +262,7 @@ def upstream_headers(value: Any) -> dict[str, str]:
             raise Invalid(where, "is given twice")
         seen.add(name.lower())
         if not isinstance(header_value, str) or len(header_value) > 8192 or any(
-                ch in header_value for ch in "\r\n\x00") or not header_value.isprintable():
+                ch in header_value for ch in "\r\n\x00") or not printable(header_value):
             raise Invalid(where, "must be printable text of at most 8192 characters")
     return dict(value)
 

@@ -348,11 +348,14 @@ async def test_rules_and_channels_are_validated_and_scoped_to_the_workspace(plan
     assert status == 201
     rule = {"name": "r", "metric": "p95_latency", "comparator": "above", "threshold": 500,
             "window_seconds": 60}
-    for bad, field in [({"metric": "cpu"}, "metric"), ({"threshold": -1}, "threshold"),
-                       ({"channel_ids": [foreign["id"]]}, "channel_ids"),
-                       ({"api_id": "api_nope"}, "api_id")]:
+    for bad, field in [({"metric": "cpu"}, "metric"), ({"threshold": -1}, "threshold")]:
         status, error = await tenant.call("POST", "/alerts/rules", json={**rule, **bad})
         assert (status, error["field"]) == (422, field), error
+    # ids that name nothing in this workspace: 409, naming the field
+    for bad, field in [({"channel_ids": [foreign["id"]]}, "channel_ids"),
+                       ({"api_id": "api_nope"}, "api_id")]:
+        status, error = await tenant.call("POST", "/alerts/rules", json={**rule, **bad})
+        assert (status, error["field"]) == (409, field), error
     status, _ = await tenant.call("POST", f"/alerts/channels/{foreign['id']}/test")
     assert status == 404
     viewer = await plane.member(tenant.owner, "viewer")

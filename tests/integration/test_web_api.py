@@ -326,7 +326,6 @@ async def test_api_crud_keeps_upstream_credentials_secret(plane, owner):
     ({"timeout_seconds": 0}, "timeout_seconds"),
     ({"max_body_bytes": 1.5}, "max_body_bytes"),
     ({"strip_prefix": "yes"}, "strip_prefix"),
-    ({"policy_id": "pol_nonexistent"}, "policy_id"),
     ({"upstream_headers": {"Host": "x"}}, "upstream_headers.Host"),
     ({"upstream_headers": {"Bad Name": "x"}}, "upstream_headers.Bad Name"),
     ({"upstream_headers": {"X-A": "line\r\nbreak"}}, "upstream_headers.X-A"),
@@ -376,13 +375,29 @@ async def test_key_create_shows_the_key_once_then_only_its_prefix(plane, owner):
 @pytest.mark.parametrize("body,field", [
     ({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
     ({"name": "k", "expires_at": "next tuesday"}, "expires_at"),
-    ({"name": "k", "policy_id": "pol_missing"}, "policy_id"),
     ({"name": ""}, "name"),
     ({}, "name"),
 ])
 async def test_key_validation(plane, owner, body, field):
     status, error = await plane.call("POST", ws(owner, "/keys"), owner, json=body)
     assert (status, error["field"]) == (422, field)
+
+
+async def test_a_reference_to_a_missing_policy_is_409_naming_the_field(plane, owner):
+    """A well-formed id that names nothing in the workspace conflicts with its current
+    state (409, naming the field): not a malformed field (422, which the OpenAPI document
+    predicts), nor a 404 (which would say the path's workspace is not found)."""
+    _, api = await plane.call("POST", ws(owner, "/apis"), owner, json={
+        "name": "refs", "prefix": "/missing-refs", "upstream_url": "http://127.0.0.1:1"})
+    for method, path, body in (
+            ("POST", "/keys", {"name": "k", "policy_id": "pol_missing"}),
+            ("POST", "/apis", {"name": "bad", "prefix": "/bad", "policy_id": "pol_missing",
+                               "upstream_url": "http://127.0.0.1:1"}),
+            ("PATCH", f"/apis/{api['id']}", {"policy_id": "pol_missing"})):
+        status, error = await plane.call(method, ws(owner, path), owner, json=body)
+        assert (status, error["error"], error["field"]) == (409, "conflict", "policy_id"), \
+            error
+        assert "no such policy" in error["message"]
 
 
 async def test_key_revoke_and_roll(plane, owner):

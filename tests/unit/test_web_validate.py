@@ -69,3 +69,55 @@ def test_openapi_document_covers_every_operation_with_json_errors():
                 assert "404" in operation["responses"], (method, path)
             if "requestBody" in operation:
                 assert {"400", "422"} <= set(operation["responses"]), (method, path)
+
+
+def test_printable_text_refuses_controls_format_and_separators_only():
+    """Names are printable text: no control, format (zero-width, bidirectional) or
+    separator character but the space. A private-use character or one this Python's
+    Unicode tables do not know yet (an emoji newer than them) is text."""
+    for good in ("Team \U0001fa75", "icon \ue000", "日本語", "a b"):
+        assert validate.text({"name": good}, "name") == good
+    for bad in ("a\u200bb", "a\u202eb", "a\u00a0b", "a\u2028b", "a\x7fb", "a\u00adb"):
+        with pytest.raises(Invalid):
+            validate.text({"name": bad}, "name")
+
+
+def test_the_documents_printable_pattern_is_the_servers_rule():
+    """Every character the document's printable pattern admits the server takes, and the
+    other way round (surrogates aside: no JSON string can carry a lone one)."""
+    import re
+    import sys
+
+    from rateguard.web.api import schemas
+
+    pattern = re.compile(schemas.PRINTABLE)
+    differ = [code for code in range(sys.maxunicode + 1) if not 0xD800 <= code <= 0xDFFF
+              and bool(pattern.fullmatch(chr(code))) != validate.printable(chr(code))]
+    assert differ == []
+    trimmed = re.compile(schemas.TRIMMED)
+    assert trimmed.fullmatch("a b") and not trimmed.fullmatch(" a") \
+        and not trimmed.fullmatch("a ")
+
+
+def test_the_documents_limit_host_prefix_and_header_patterns_match_the_server():
+    """A few values on each side of the patterns the document states for policies and
+    APIs, against the server's own validation."""
+    import re
+
+    from rateguard.web.api import schemas
+
+    for limit, ok in (("100/s", True), (" 10 / 5 Minutes ", True), ("5/x", False),
+                      ("/s", False), ("5/", False)):
+        assert bool(re.search(schemas.LIMIT_SYNTAX, limit)) is ok, limit
+    base = {"name": "a", "upstream_url": "http://up.example"}
+    for prefix in ("/a", "/a/b", "/%41", "/a/.b", "/a.", "/a/../b", "/a/./b", "/a/.",
+                   "/a/.;x", "/a/%2e%2e", "/a//b", "/.", "//"):
+        documented = bool(re.search(schemas.PREFIX, prefix))
+        if documented:  # what the document admits the server takes
+            validate.api({**base, "prefix": prefix})
+        else:
+            with pytest.raises(Invalid):
+                validate.api({**base, "prefix": prefix})
+    for name, ok in (("X-Token", True), ("Host", False), ("KEEP-ALIVE", False),
+                     ("X-Forwarded-Forx", True), ("a b", False)):
+        assert bool(re.search(schemas.HEADER_NAME, name)) is ok, name

@@ -20,9 +20,9 @@ RANGE = (
           "from 2000-01-01 to 9000-12-31"),
     Param("to", {"type": "string", "format": "date-time"},
           "end (default: now); from 2000-01-01 to 9000-12-31"),
-    Param("api_id", {"type": "string", "maxLength": 64}, "only this API"),
+    Param("api_id", s.QUERY_ID, "only this API"),
 )
-STEP = Param("step", {"type": "integer", "minimum": 60, "maximum": 86400},
+STEP = Param("step", {"type": "integer", "minimum": 60, "maximum": 86400, "multipleOf": 60},
              "bucket width in seconds, a multiple of 60 (default: about 60 buckets)")
 TOP = Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
             "how many rows")

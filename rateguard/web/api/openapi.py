@@ -14,7 +14,8 @@ PATH_PARAM = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 REASONS = {400: "Malformed request (not JSON, or no body)",
            401: "No valid access token", 403: "The caller's role does not allow this",
            404: "Not found (or in a workspace the caller does not belong to)",
-           409: "Conflicts with existing data", 422: "A field is invalid; 'field' names it",
+           409: "Conflicts with existing data, or an id in the body names nothing in "
+                "the workspace ('field' names it)", 422: "A field is invalid; 'field' names it",
            429: "Too many attempts; Retry-After says when to try again",
            503: "A backing service is unavailable"}
 
@@ -24,6 +25,30 @@ def _error(description: str) -> dict:
             "content": {"application/json": {"schema": s.ref("Error")}}}
 
 
+def _no_nul(schema):
+    """A copy of a request schema in which every string without a pattern of its own
+    refuses NUL, as the server does anywhere in a body or query (PostgreSQL text cannot
+    hold one): registry._check_values and Ctx.query_str."""
+    if isinstance(schema, list):
+        return [_no_nul(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "dependentSchemas", "$defs"):
+            out[key] = {name: _no_nul(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "propertyNames", "not", "if", "then",
+                     "else", "contains", "oneOf", "anyOf", "allOf"):
+            out[key] = _no_nul(value)
+        else:
+            out[key] = value
+    types = out.get("type")
+    if ("string" == types or (isinstance(types, list) and "string" in types)) \
+            and "pattern" not in out and "enum" not in out and "const" not in out:
+        out["pattern"] = s.NO_NUL
+    return out
+
+
 def build() -> dict:
     paths: dict[str, dict] = {}
     for operation in OPERATIONS:
@@ -31,7 +56,7 @@ def build() -> dict:
         parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAM}
                       for name in re.findall(r"\{(\w+)\}", operation.path)]
         parameters += [{"name": p.name, "in": "query", "required": p.required,
-                        "schema": p.schema, "description": p.description}
+                        "schema": _no_nul(p.schema), "description": p.description}
                        for p in operation.query]
         statuses = set(operation.errors)
         if operation.access != "public":
@@ -58,7 +83,7 @@ def build() -> dict:
         if operation.request is not None:
             entry["requestBody"] = {
                 "required": operation.request_required,
-                "content": {"application/json": {"schema": operation.request}}}
+                "content": {"application/json": {"schema": _no_nul(operation.request)}}}
         entry["security"] = [] if operation.access == "public" else [{"bearer": []}]
         if operation.in_workspace:
             entry["description"] = f"Needs the '{operation.access}' role or higher."

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from rateguard.db.errors import ControlError, Forbidden, Invalid, NotFound, Unauthorized
 from rateguard.db.repository import ROLE_RANK, Actor, Repository
+from rateguard.db.validate import printable
 from rateguard.web.auth import Tokens, bearer
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Ctx:
         raw = self.request.query.get(name)
         if raw is not None and not 1 <= len(raw) <= max_len:
             raise Invalid(name, f"must be 1 to {max_len} characters")
-        if raw is not None and (not raw.isprintable() or _has_surrogate(raw)):
+        if raw is not None and (not printable(raw) or _has_surrogate(raw)):
             raise Invalid(name, "must be printable text (no NUL or control characters)")
         return raw
 

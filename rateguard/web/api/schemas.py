@@ -6,6 +6,7 @@ every response the server sends against them.
 
 from __future__ import annotations
 
+from rateguard.db.validate import _RESERVED_HEADERS
 from rateguard.limiter.policy import ALGORITHMS, FAILURE_MODES, MODES, SCOPES
 
 
@@ -24,21 +25,81 @@ def items_of(name: str) -> dict:
 
 
 STR = {"type": "string"}
-ID = {"type": "string", "minLength": 1, "maxLength": 64}
-NULL_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 64}
+
+
+def _not_text() -> str:
+    """The characters printable text refuses (validate.printable: categories Cc, Cf, Cs,
+    Zl, Zp, and Zs but the space), as the inside of a regex character class; the BMP as
+    \\u escapes, the few beyond it as the characters themselves (ECMA-262 and Python
+    read both)."""
+    import unicodedata
+
+    from rateguard.db.validate import NOT_TEXT_CATEGORIES
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    # Surrogates (Cs) are left out: no regex engine schemathesis uses can name them, and a
+    # lone one (\\ud800) is refused anywhere in a body like NUL (registry._check_values).
+    IN_PATTERN = NOT_TEXT_CATEGORIES - {"Cs"}
+    # Planes 4 to 13, 15 and 16 hold no such character (unassigned or private use).
+    codes = [*range(0x40000), *range(0xE0000, 0xF0000)]
+    runs, start = [], None
+    for index, code in enumerate(codes + [-1]):
+        refused = code > 0x20 and unicodedata.category(chr(code)) in IN_PATTERN \
+            or 0 <= code < 0x20
+        if start is not None and (not refused or code != codes[index - 1] + 1):
+            runs.append((start, codes[index - 1]))
+            start = None
+        if refused and start is None:
+            start = code
+    return "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in runs)
+
+
+NOT_TEXT = _not_text()
+PRINTABLE = f"^[^{NOT_TEXT}]*$"
+# printable, neither starting nor ending with a space (the server trims them)
+TRIMMED = f"^([^{NOT_TEXT} ]([^{NOT_TEXT}]*[^{NOT_TEXT} ])?)?$"
+NO_NUL = "^[^\\x00]*$"  # no string anywhere in a body may hold a NUL (registry._check_values)
+ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NO_NUL}
+NULL_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 64, "pattern": NO_NUL}
+# an id in a query string (Ctx.query_str): printable, 1 to 64 characters
+QUERY_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": PRINTABLE}
 TIME = {"type": "string", "format": "date-time"}
 NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 INT = {"type": "integer", "minimum": 0}
 ROLE = {"type": "string", "enum": ["owner", "admin", "viewer"]}
-# Text fields: printable (no control characters), at most 100 characters once the
-# surrounding spaces are trimmed; the server trims them.
-PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
-NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^\\x00-\\x20\\x7f-\\x9f"
-        "\\u2028\\u2029]([^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*[^\\x00-\\x20\\x7f-\\x9f\\u2028\\u2029])?$",
-        "description": "printable text, 1 to 100 characters, no spaces at either end"}
-LIMIT = {"type": "string", "description": "<count>/<window>, e.g. 100/s, 5000/h, 10/5m",
+NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": TRIMMED,
+        "description": "printable text (no control, format or separator character but the "
+                       "space), 1 to 100 characters, no spaces at either end"}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{ch.upper()}{ch}]" if ch.isalpha() else ch for ch in word)
+
+
+# parse_limit's syntax (rateguard/limiter/policy.py): ASCII digits, a unit in any case,
+# spaces (Python's ASCII \s) around each part.
+_SPACE = "[\t\n\x0b\x0c\r ]*"
+_UNITS = ("ms", "s", "sec", "second", "seconds", "m", "min", "minute", "minutes", "h", "hour",
+          "hours", "d", "day", "days")
+LIMIT_SYNTAX = (f"^{_SPACE}[0-9]+{_SPACE}/{_SPACE}[0-9]*{_SPACE}"
+                f"({'|'.join(_any_case(unit) for unit in _UNITS)}){_SPACE}$")
+LIMIT = {"type": "string", "maxLength": 64, "pattern": LIMIT_SYNTAX,
+         "description": "<count>/<window>, e.g. 100/s, 5000/h, 10/5m (units ms, s, m, h, d "
+                        "or their names); the count from 1 to 1,000,000,000 (at most 100,000 "
+                        "with sliding_log), the window from 100 ms to 366 days",
          "examples": ["100/s"]}
 NULL_NUM = {"type": ["number", "null"]}
+# validate.api's rules for an API's host (lowercased by the server) and prefix; a header
+# name of RFC 9110 that the proxy does not set itself (compared in any case).
+HOST_NAME = ("^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+             "(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+PREFIX = ("^(?!.*\\.\\.)(?!.*//)(?!.*/\\.(/|;|%3[Bb]|$))"
+          "(?!.*%(2[05EeFf]|5[Cc]|[0189A-Fa-f]))/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+RESERVED_HEADERS = tuple(sorted(_RESERVED_HEADERS))
+HEADER_NAME = ("^(?!(" + "|".join(_any_case(name) for name in RESERVED_HEADERS) + ")$)"
+               "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 # An http(s) URL with a named host, an optional port and a path of visible ASCII.
 HTTP_URL = {"type": "string", "maxLength": 2000,
             "pattern": "^https?://[A-Za-z][A-Za-z0-9-]*(\\.[A-Za-z0-9-]+)*(:[1-9][0-9]{0,3})?"
@@ -169,17 +230,27 @@ POLICY_IN = obj(_POLICY_PROPS, ["name", "limits"])
 POLICY_PATCH = obj(_POLICY_PROPS, [])
 _API_PROPS = {
     "name": NAME,
-    "host": {"type": ["string", "null"], "description": "null: any host"},
-    "prefix": {"type": "string", "pattern": "^/", "maxLength": 200},
+    "host": {"type": ["string", "null"], "maxLength": 253, "pattern": HOST_NAME,
+             "description": "a host name such as api.example.com (any case); null: any host"},
+    "prefix": {"type": "string", "maxLength": 200, "pattern": PREFIX,
+               "description": "a path such as /orders: no '//', no '..', no '.' segment "
+                              "(also before ';'), percent-encoding only of visible ASCII "
+                              "but '.', '/', '\\' and '%' (the proxy refuses paths that "
+                              "could hide a dot segment, so the route could never match)"},
     "upstream_url": {**HTTP_URL, "description": "http(s)://host[:port][/path]"},
     "strip_prefix": {"type": "boolean", "default": True},
     "policy_id": NULL_ID,
     "timeout_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 3600},
-    "max_body_bytes": {"type": ["integer", "null"], "minimum": 1},
+    "max_body_bytes": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**40},
     "upstream_headers": {
-        "type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20,
+        "type": "object", "maxProperties": 20,
+        "propertyNames": {"pattern": HEADER_NAME},
+        "additionalProperties": {"type": "string", "maxLength": 8192, "pattern": PRINTABLE},
         "description": "credentials the proxy adds to every upstream request; stored "
-                       "encrypted (ENCRYPTION_KEY), never returned; replaces all on update"},
+                       "encrypted (ENCRYPTION_KEY), never returned; replaces all on update. "
+                       "Header names as in HTTP, each at most once in any case, none the "
+                       "proxy sets itself (" + ", ".join(sorted(RESERVED_HEADERS)) + "); "
+                       "values printable"},
 }
 API_IN = obj(_API_PROPS, ["name", "prefix", "upstream_url"])
 API_PATCH = obj(_API_PROPS, [])
