@@ -197,7 +197,7 @@ else
             echo "stand-in tarball: cached $tarball"
         else
             command -v mmdebstrap >/dev/null || apt_install mmdebstrap
-            echo "mmdebstrap bookworm -> $tarball (about 70-100 s)"
+            echo "mmdebstrap bookworm -> $tarball (40-100 s)"
             bounded mmdebstrap --quiet "${recipe[@]}" "$tarball.tmp" >"$WORK/mmdebstrap.log" 2>&1 \
                 || { tail -20 "$WORK/mmdebstrap.log"; rm -f "$tarball.tmp"; fail "mmdebstrap"; }
             mv "$tarball.tmp" "$tarball"
