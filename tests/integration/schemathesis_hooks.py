@@ -3,8 +3,13 @@ with SCHEMATHESIS_HOOKS by tests/integration/test_web_schemathesis.py).
 
 Auth: every access token comes from POST /auth/refresh with the previous refresh token
 (which rotates), never from logging in again: the refresh path is exercised for real,
-and the login throttle is never in the way. The generated workspace id is replaced by the
-signed-in owner's, so cases reach the handlers rather than stopping at 404.
+and the login throttle is never in the way. Only the operations that end sessions
+(logout, sign out everywhere, end a session) get a throwaway account's session instead,
+so the owner's survives them. The generated workspace id is replaced by the signed-in
+owner's, so cases reach the handlers rather than stopping at 404.
+
+Filters: positive cases that break a rule the document can only describe are not sent
+(see the filter_case hooks below); negative cases are all sent.
 
 Settings come from the environment: RG_ST_BASE (http://host:port), RG_ST_REFRESH (a
 refresh token of the owner's session) and RG_ST_WORKSPACE.
@@ -142,8 +147,8 @@ def future_expiry(context, case):
             body.get("expires_at"), str):
         return True
     moment = _moment(body["expires_at"])
-    if moment is None:  # syntax the schema's date-time format takes: judged by the server
-        return _overflows(body["expires_at"]) is False
+    if moment is None:  # past the last instant, or unreadable (judged by the server)
+        return not _overflows(body["expires_at"])
     return moment > datetime.now(timezone.utc)
 
 
