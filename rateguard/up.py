@@ -34,8 +34,8 @@ import click
 
 from rateguard.embedded import echo
 from rateguard.embedded.servers import (
-    EmbeddedBroker, EmbeddedPostgres, EmbeddedValkey, chdb_url, free_port, start_process,
-    stop_process, wait_for_port,
+    EmbeddedBroker, EmbeddedPostgres, EmbeddedValkey, _die_with_parent, chdb_url, free_port,
+    start_process, stop_process, wait_for_port,
 )
 from rateguard.errors import ServerStartError
 from rateguard.events.topics import ensure_topic
@@ -81,7 +81,8 @@ def _supervise(data_dir: Path, proxy_port: int, metrics_port: int, web_port: int
         [sys.executable, "-m", "rateguard", "up", "--data-dir", str(data_dir),
          "--proxy-port", str(proxy_port), "--metrics-port", str(metrics_port),
          "--web-port", str(web_port)],
-        env={**os.environ, _CHILD: "1"}, start_new_session=True)
+        env={**os.environ, _CHILD: "1"}, start_new_session=True,
+        preexec_fn=_die_with_parent)  # SIGTERM (an orderly stop) if we are killed
     received = 0
 
     def forward(signum, frame) -> None:
