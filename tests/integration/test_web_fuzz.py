@@ -123,7 +123,7 @@ VALID = {
                           "threshold": 0.5, "window_seconds": 60},
 }
 # Never with a real id: these would end the run's session or send real notifications.
-HOSTILE_IDS_ONLY = {"test_alert_channel"}
+HOSTILE_IDS_ONLY = {"test_alert_channel", "end_session"}
 
 
 def write_operations() -> list[registry.Operation]:
