@@ -120,6 +120,7 @@ class ProxyApp:
             keepalive_timeout=settings.PROXY_KEEPALIVE_TIMEOUT,
             trusted_proxies=settings.TRUSTED_PROXIES, busy_poll_us=settings.PROXY_BUSY_POLL_US)
         metrics.inflight.set_function(lambda: self.server.inflight)
+        metrics.websockets_open.set_function(lambda: self.server.websockets_open())
 
         def apply(new: Snapshot) -> None:
             gateway.snapshot = new

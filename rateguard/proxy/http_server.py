@@ -77,6 +77,11 @@ class ProxyServer(Recorder):
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
 
+    def websockets_open(self) -> int:
+        """WebSocket connections being relayed (for the metric; counted when scraped)."""
+        from rateguard.proxy.relay import Relay
+        return sum(1 for exchange in self.exchanges if isinstance(exchange, Relay))
+
     def next_request_id(self) -> str:
         self._id_counter += 1
         return f"{self._id_prefix}{self._id_counter:010x}"

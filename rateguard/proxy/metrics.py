@@ -79,6 +79,8 @@ class ProxyMetrics:
             "rateguard_limiter_errors", "Limiter calls Redis answered with an error (script "
             "error, WRONGTYPE, OOM); each request used its policy's failure mode",
             ["workspace"], registry=registry)
+        self.websockets_open = Gauge("rateguard_websockets_open",
+                                     "WebSocket connections being relayed", registry=registry)
         self.inflight = Gauge("rateguard_inflight_requests", "Requests being served",
                               registry=registry)
         self.redis_up.set(1)

@@ -132,6 +132,29 @@ async def test_many_concurrent_connections(proxy):
         assert await asyncio.gather(*(one(i) for i in range(50))) == ["ok"] * 50
 
 
+async def open_websockets(proxy, session) -> float:
+    async with session.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("rateguard_websockets_open "):
+                return float(line.split()[1])
+    raise AssertionError("no rateguard_websockets_open metric")
+
+
+async def test_the_metrics_count_open_connections(proxy):
+    async with aiohttp.ClientSession() as session:
+        before = await open_websockets(proxy, session)
+        sockets = [await session.ws_connect(f"{proxy.url}/ws/echo", headers=headers(proxy))
+                   for _ in range(3)]
+        assert await open_websockets(proxy, session) == before + 3
+        for ws in sockets:
+            await ws.close()
+        for _ in range(50):
+            if await open_websockets(proxy, session) == before:
+                break
+            await asyncio.sleep(0.05)
+        assert await open_websockets(proxy, session) == before
+
+
 async def test_the_upstream_closing_reaches_the_client_with_its_code(proxy):
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{proxy.url}/ws/close", headers=headers(proxy)) as ws:
