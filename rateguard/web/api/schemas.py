@@ -216,7 +216,8 @@ REFRESH = obj({"refresh_token": TOKEN})
 ACCEPT = obj({"token": TOKEN})
 WORKSPACE_IN = obj({"name": NAME})
 ROLE_IN = obj({"role": ROLE})
-INVITATION_IN = obj({"email": {"type": "string", "format": "email"}, "role": ROLE})
+INVITATION_IN = obj({"email": {"type": "string", "format": "email", "maxLength": 254},
+                     "role": ROLE})
 _POLICY_PROPS = {
     "name": NAME,
     "limits": {"type": "array", "items": LIMIT, "minItems": 1, "maxItems": 10,

@@ -10,7 +10,7 @@ from rateguard.web.api.registry import Ctx, Param, op
 
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
               "at most this many entries")
-BEFORE = Param("before", {"type": "integer", "minimum": 1},
+BEFORE = Param("before", {"type": "integer", "minimum": 1, "maximum": 2**62},
                "only entries with a smaller id (the next page)")
 
 
