@@ -36,8 +36,8 @@ import aiohttp
 from rateguard.alerts import evaluator, notify
 from rateguard.alerts.store import decrypt_channel, record_attempt
 from rateguard.db.connection import connect
+from rateguard.net.egress import CheckedResolver, from_settings
 from rateguard.settings import Settings
-from rateguard.net.egress import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,10 @@ class AlertsWorker:
             s = self.settings
             self.clickhouse = ClickHouse(s.CLICKHOUSE_URL, s.CLICKHOUSE_DATABASE,
                                          s.ANALYTICS_TTL_DAYS)
-        self._session = aiohttp.ClientSession()
+        # Deliveries connect only to addresses the egress policy accepted, resolved once
+        # (no window between the check and aiohttp's own lookup for a name to rebind).
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=CheckedResolver(self.guard)))
         self._task = asyncio.ensure_future(self._run())
         log.info("alerts: evaluating every %gs; standing by for leadership", self.interval)
 

@@ -19,12 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rateguard import limiter as limiting
 from rateguard.events.publisher import EventPublisher
+from rateguard.net.egress import from_settings
 from rateguard.proxy.gateway import Gateway
 from rateguard.proxy.http_server import ProxyServer
 from rateguard.proxy.metrics import ProxyMetrics
 from rateguard.proxy.upstream import UpstreamPool
 from rateguard.settings import Settings
-from rateguard.net.egress import from_settings
 from rateguard.snapshot.model import Snapshot
 
 log = logging.getLogger(__name__)
