@@ -39,12 +39,19 @@ class Event:
     decision: str
     policy_id: str
     instance: str
+    # A WebSocket connection is one event when it ends (status 101, latency = its
+    # duration, bytes each way): the close code seen (RFC 6455 7.4; 1005 when the close
+    # frame had none, 1001 when the proxy drained it), 0 for any other request and for
+    # events from proxies older than this field.
+    close_code: int = 0
 
 
 FIELDS = tuple(Event.__dataclass_fields__)
+# Fields added after the first version, with the value an older event stands for.
+DEFAULTS = {"close_code": 0}
 
 # ClickHouse column types, in FIELDS order (see analytics/sql/001_api_events.sql).
-_INT_FIELDS = frozenset({"ts", "status", "bytes_in", "bytes_out"})
+_INT_FIELDS = frozenset({"ts", "status", "bytes_in", "bytes_out", "close_code"})
 _FLOAT_FIELDS = frozenset({"latency_ms", "upstream_ms"})
 
 
@@ -164,7 +171,7 @@ def _row(data) -> tuple:
         raise InvalidEvent("not an object")
     row = []
     for name in FIELDS:
-        value = data.get(name)
+        value = data.get(name, DEFAULTS.get(name))
         if name in _INT_FIELDS:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InvalidEvent(f"{name}: expected an integer")

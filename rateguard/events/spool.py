@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 
 from rateguard.errors import SettingsError
-from rateguard.events.schema import FIELDS, Event, Part, events_in
+from rateguard.events.schema import DEFAULTS, FIELDS, Event, Part, events_in
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,9 @@ def _part_of(line: bytes) -> Part | None:
     try:
         if line[:1] == b"{":  # one event (append)
             data = orjson.loads(line)
-            Event(*(data[name] for name in FIELDS))  # every field is there
+            missing = [name for name in FIELDS if name not in data and name not in DEFAULTS]
+            if missing:  # an event cut short: every field but the later ones is there
+                return None
             return (data["workspace_id"], line, 1)
         count, workspace_id, body = line.split(b"\t", 2)
         events = orjson.loads(body)

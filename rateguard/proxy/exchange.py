@@ -53,6 +53,7 @@ class Exchange:
         "finished", "out", "host", "authorization", "x_api_key", "user_agent", "expect",
         "head_only", "error_decision", "sent_body", "close_delimited", "client_ip", "proto",
         "body_activity", "refusal", "path", "query", "has_connection", "upgrade",
+        "close_code",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, target: bytes,
@@ -100,6 +101,7 @@ class Exchange:
         # without routing (a malformed head, a refused method).
         self.refusal = None
         self.upgrade: bytes | None = None  # "websocket": a handshake (see relay.py)
+        self.close_code = 0  # a relayed WebSocket's close code, for its event
         host = authorization = x_api_key = user_agent = expect = request_id = None
         forwarded_for = forwarded_proto = None
         has_connection = False

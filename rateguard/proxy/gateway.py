@@ -169,7 +169,7 @@ class Gateway:
     def event(self, request_id: str, ts_ms: int, admission: Admission | None, method: str,
               host: str, path: str, status: int, latency_ms: float, upstream_ms: float,
               bytes_in: int, bytes_out: int, client_ip: str, user_agent: str,
-              decision: str | None = None) -> Event:
+              decision: str | None = None, close_code: int = 0) -> Event:
         api = admission.api if admission else None
         key = admission.key if admission else None
         policy = admission.policy if admission else None
@@ -178,4 +178,4 @@ class Gateway:
             key.id if key else "", method, host, path, status, _ms(latency_ms),
             _ms(upstream_ms), bytes_in, bytes_out, client_ip, user_agent,
             decision or (admission.decision if admission else "error"),
-            policy.id if policy else "", self.instance)
+            policy.id if policy else "", self.instance, close_code)

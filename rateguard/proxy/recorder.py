@@ -45,4 +45,5 @@ class Recorder:
             (exchange.host or b"").decode("latin-1"), exchange.path,
             status, latency * 1000.0, exchange.upstream_ms, exchange.bytes_in,
             exchange.bytes_out, exchange.client_ip,
-            (exchange.user_agent or b"").decode("latin-1")[:512], decision))
+            (exchange.user_agent or b"").decode("latin-1")[:512], decision,
+            exchange.close_code))

@@ -229,6 +229,7 @@ class Relay:
         exchange.bytes_in = self.bytes_up
         exchange.bytes_out = self.bytes_down
         code = self.down_side.tracker.close_code or self.up_side.tracker.close_code
+        exchange.close_code = code or 0
         log.info("websocket %s closed after %.1fs (code %s, %d bytes up, %d down)",
                  exchange.request_id, self.loop.time() - self.started, code, self.bytes_up,
                  self.bytes_down)

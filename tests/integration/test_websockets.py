@@ -15,7 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from rateguard.embedded.servers import free_port
-from tests.integration.conftest import Keys
+from tests.integration.conftest import Keys, wait_until
 from tests.servers import ProxyProcess
 
 pytestmark = pytest.mark.integration
@@ -153,6 +153,25 @@ async def test_the_metrics_count_open_connections(proxy):
                 break
             await asyncio.sleep(0.05)
         assert await open_websockets(proxy, session) == before
+
+
+async def test_each_connection_is_one_event_with_its_close_code(proxy, analytics):
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{proxy.url}/ws/close", headers=headers(proxy)) as ws:
+            request_id = ws._response.headers["X-Request-Id"]
+            assert (await ws.receive(timeout=5)).data == "bye"
+            assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+    clickhouse = analytics.clickhouse
+
+    async def landed():
+        _, rows = await clickhouse.query(
+            f"SELECT status, close_code, bytes_out, latency_ms FROM {clickhouse.database}"
+            f".api_events WHERE id = {{id:String}}", {"id": request_id})
+        return rows
+
+    assert await wait_until(landed, timeout=15), "the event did not reach ClickHouse"
+    [(status, close_code, bytes_out, latency_ms)] = await landed()
+    assert (status, close_code) == (101, 4000) and bytes_out > 0 and latency_ms > 0
 
 
 async def test_the_upstream_closing_reaches_the_client_with_its_code(proxy):

@@ -76,3 +76,14 @@ def test_a_malformed_event_in_an_array_spoils_only_itself():
     assert [row[0] for row in rows] == ["a", "b"]
     assert len(errors) == 1
     assert decode_record(b"[{oops")[0] == [] and len(decode_record(b"[{oops")[1]) == 1
+
+
+def test_an_event_from_before_close_code_reads_as_a_plain_request():
+    older = orjson.loads(encode(sample()))
+    del older["close_code"]
+    row = decode(orjson.dumps(older))
+    assert row[FIELDS.index("close_code")] == 0
+    websocket = decode(encode(sample(status=101, close_code=4000)))
+    assert websocket[FIELDS.index("close_code")] == 4000
+    with pytest.raises(InvalidEvent, match="close_code"):
+        decode(encode(sample(close_code="4000")))

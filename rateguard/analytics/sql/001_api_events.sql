@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS $db.api_events
     decision        LowCardinality(String),
     policy_id       LowCardinality(String),
     instance        LowCardinality(String),
+    close_code      UInt16 DEFAULT 0,
     kafka_partition UInt32,
     kafka_offset    UInt64
 )
