@@ -179,7 +179,7 @@ SPEC: dict[str, tuple[Callable[[str], object], object, str]] = {
                "in production, open in development"),
     "SIGNUP_RATE_LIMIT_IP": (_limits, "10/h", "sign-up attempts per client address"),
     "TRUSTED_PROXIES": (_networks, (), "CIDRs of load balancers whose X-Forwarded-For/-Proto "
-                        "the proxy believes"),
+                        "the proxy and web believe"),
 }
 
 

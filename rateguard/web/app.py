@@ -128,6 +128,26 @@ class UsageJob:
 USAGE = web.AppKey("usage", UsageJob)
 
 
+def client_address_middleware(trusted: tuple):
+    """Behind a load balancer or ingress (TRUSTED_PROXIES), ``request.remote`` becomes
+    the client's address as the proxy computes it (the right-most X-Forwarded-For hop
+    that is not a trusted proxy), so the sign-in and signup throttles, the sessions list
+    and the logs count clients, not the ingress. From any other peer the header is
+    ignored: a caller cannot choose the address it is counted under."""
+    from rateguard.proxy.client_address import client_address
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        forwarded = request.headers.get("X-Forwarded-For")
+        peer = request.remote or ""
+        if forwarded:
+            address = client_address(peer, forwarded.encode("latin-1", "replace"), trusted)
+            if address != peer:
+                request = request.clone(remote=address)
+        return await handler(request)
+    return middleware
+
+
 def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None = None,
               clickhouse=None, clickhouse_database: str = "rateguard",
               usage_interval: float = 30.0, access_ttl: int | None = None,
@@ -135,9 +155,12 @@ def build_app(database_url: str, jwt_secret: str, *, encryption_key: str | None 
               redis_cluster: bool = False,
               login_limits: tuple[str, str] = ("30/min", "10/min"),
               egress: EgressPolicy = ALWAYS, signup: str = "open",
-              signup_limit: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, database_middleware],
-                          client_max_size=MAX_BODY)
+              signup_limit: str | None = None,
+              trusted_proxies: tuple = ()) -> web.Application:
+    middlewares = [errors_middleware, database_middleware]
+    if trusted_proxies:
+        middlewares.insert(0, client_address_middleware(trusted_proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[TOKENS] = Tokens(jwt_secret, **({"ttl": access_ttl} if access_ttl else {}))
     app[CLICKHOUSE_DB] = clickhouse_database
     app[SIGNUP_MODE] = signup  # open | invite | closed (SIGNUP)
@@ -218,7 +241,8 @@ async def serve(settings, host: str, port: int) -> None:
                     redis_cluster=settings.redis_cluster,
                     login_limits=(settings.LOGIN_RATE_LIMIT_IP, settings.LOGIN_RATE_LIMIT_EMAIL),
                     egress=from_settings(settings), signup=settings.signup_mode,
-                    signup_limit=settings.SIGNUP_RATE_LIMIT_IP)
+                    signup_limit=settings.SIGNUP_RATE_LIMIT_IP,
+                    trusted_proxies=settings.TRUSTED_PROXIES)
     runner = await start(app, host, port)
     log.info("web: dashboard on http://%s:%d/, management API on /api/v1", host, port)
     loop = asyncio.get_running_loop()

@@ -149,3 +149,42 @@ async def test_tokens_that_must_be_refused(plane):
                                         headers={"Authorization": f"Bearer {token}"})
         assert status == 401, name
         assert body["error"] == "unauthorized", name
+
+
+async def test_behind_a_trusted_ingress_each_client_has_its_own_sign_in_budget(
+        new_database, redis_url):
+    """With TRUSTED_PROXIES naming the ingress (127.0.0.1 here), the throttle counts
+    the X-Forwarded-For client, not the ingress: one client's failures do not lock out
+    the others behind it. From an untrusted peer the header is ignored, so an attacker
+    cannot choose the address it is counted under. (Addresses no other test uses: the
+    throttle's counters live in the shared Redis.)"""
+    from rateguard.proxy.client_address import parse_networks
+
+    behind = ControlPlane(await new_database(), redis_url=redis_url,
+                          login_limits=("3/min", "100/min"),
+                          trusted_proxies=parse_networks("127.0.0.1/32"))
+    await behind.start()
+    try:
+        user = await behind.signup("behind")
+
+        async def login(forwarded_for: str, password: str) -> int:
+            async with behind.http.post(behind.api + "/auth/login", headers={
+                    "X-Forwarded-For": forwarded_for},
+                    json={"email": user.email, "password": password}) as response:
+                return response.status
+
+        assert [await login("203.0.113.7", "wrong") for _ in range(4)] == [401] * 3 + [429]
+        assert await login("198.51.100.9", user.password) == 200  # another client
+        # 127.0.0.9 is not trusted: its X-Forwarded-For is ignored, it counts as itself
+        for _ in range(3):
+            status, _, _ = await post_from(behind, "127.0.0.9", "/auth/login", {
+                "email": user.email, "password": "wrong"})
+            assert status == 401
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(behind.api + "/auth/login", headers={
+                    "X-Forwarded-For": "192.0.2.55"},
+                    json={"email": user.email, "password": user.password}) as response:
+                assert response.status == 429  # still 127.0.0.9's spent budget
+    finally:
+        await behind.stop()
