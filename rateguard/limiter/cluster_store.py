@@ -41,6 +41,8 @@ class ClusterStore:
 
     def __init__(self, url: str, *, timeout: float = 0.25, probe_interval: float = 1.0) -> None:
         self.url = url
+        parts = urlsplit(url)
+        self.where = f"{parts.hostname}:{parts.port}"  # for messages: never the password
         self.probe_interval = probe_interval
         self.cluster = RedisCluster.from_url(
             cluster_url(url), socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -53,7 +55,7 @@ class ClusterStore:
             await self.cluster.initialize()
             await self.cluster.script_load(SCRIPT)
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise LimiterUnavailable(f"redis cluster at {self.url}: {exc}") from None
+            raise LimiterUnavailable(f"redis cluster at {self.where}: {exc}") from None
 
     def shard_of(self, key: str) -> str:
         return self.cluster.get_node_from_key(key).name

@@ -142,3 +142,19 @@ async def test_a_hostile_workspace_cannot_open_the_circuit_of_another(
                    if line.startswith("rateguard_limiter_errors_total")]
     assert error_lines and not any(ws_a in line for line in error_lines)
     assert "config reload failed" in proxy.log()
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_a_dead_server_is_unavailable_and_its_message_hides_the_password(cluster):
+    from rateguard.embedded.servers import free_port
+    from rateguard.errors import LimiterUnavailable
+
+    port = free_port()  # nothing listens there
+    store = connect(f"redis://user:s3cr3t@127.0.0.1:{port}/0", cluster=cluster, timeout=0.5)
+    with pytest.raises(LimiterUnavailable) as caught:
+        await store.load()
+    assert f"127.0.0.1:{port}" in str(caught.value) and "s3cr3t" not in str(caught.value)
+    limiter = Limiter(store, MemoryStore())
+    await limiter.start()
+    assert not limiter.redis_up  # the circuit opened: failure modes apply
+    await limiter.close()
