@@ -149,9 +149,10 @@ class Exchange:
                 self.refusal = (400, "bad_request", "invalid Host header", ())
         if "%" in self.path and rh.overlong_utf8(self.path):
             self.refusal = (400, "bad_request", "path is not allowed", ())
-        if method == b"TRACE":  # RFC 9110 9.3.8: it would echo cookies and credentials
-            self.refusal = (405, "method_not_allowed", "TRACE is not forwarded",
-                            (rh.ALLOW_LINE,))
+        if method in rh.REFUSED_METHODS:  # RFC 9110 9.3.8 TRACE echoes credentials;
+            # CONNECT (9.3.6) asks for a tunnel, which a reverse proxy does not make
+            self.refusal = (405, "method_not_allowed",
+                            f"{method.decode()} is not forwarded", (rh.ALLOW_LINE,))
         trusted = server.trusted_proxies
         if trusted:
             self.client_ip = client_address(client.client_ip, forwarded_for, trusted)
@@ -196,6 +197,15 @@ class Exchange:
             return
         self.keep_alive = False
         self.body_chunks.clear()
+        if self is not self.client.active and self.refusal is None:
+            # Pipelined behind a request still being answered: its 413 must wait its
+            # turn (answers go in order), and it was never started, so nothing to end.
+            self.refusal = (413, "body_too_large",
+                            f"request body exceeds {self.max_body} bytes", ())
+            self.max_body = -1  # what else arrives of this body is dropped
+            return
+        if self.refusal is not None and self is not self.client.active:
+            return
         if self.conn is not None:
             self.conn.abort()
             self.conn = None
@@ -477,6 +487,9 @@ class Exchange:
     def complete(self, reuse_upstream: bool) -> None:
         conn, self.conn = self.conn, None
         self.response_done = True
+        # An upstream that answered before taking the whole body may have paused the
+        # client's reading; once released it can no longer resume it.
+        self.client.resume_reading("upstream")
         if conn is not None:
             if reuse_upstream:
                 self.server.pool.release(conn, self.server.loop.time())

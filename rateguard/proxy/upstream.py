@@ -232,11 +232,19 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         conn.exchange = None
         conn.received = False
-        conn.paused_at = 0.0
+        paused, conn.paused_at = conn.paused_at, 0.0
         idle = self._idle[conn.upstream.pool_key]
-        if conn.closed or len(idle) >= self.max_idle:
+        transport = conn.transport
+        # Reusable only between messages: not when part of our request is still unsent
+        # (the upstream answered before taking the whole body), or was never taken.
+        if conn.closed or len(idle) >= self.max_idle or transport is None or paused \
+                or transport.get_write_buffer_size():
             conn.abort()
             return
+        # The last flush to a slow client may have paused reading it (the client's
+        # pause_writing): a pooled connection must read, or the next request that takes
+        # it would never see its answer, nor the upstream closing it.
+        transport.resume_reading()
         conn.idle_since = now
         idle.append(conn)
 

@@ -115,7 +115,7 @@ def head(key: str, path: str = "/a/x", extra: bytes = b"") -> bytes:
     (b"GET /a/x HTTP/1.1\r\nHost: gw\r\n" + b"X-Big: " + b"y" * 40000 + b"\r\n\r\n", 431),
     (b"GET /a/x HTTP/1.1\r\nHost: gw\r\n" + b"X-Many: 1234567890\r\n" * 3000 + b"\r\n", 431),
     (b"GET http://evil.example/a/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", 400),
-    (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 400),
+    (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 405),  # no tunnels
     (b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", 400),
 ])
 async def test_malformed_requests_get_a_4xx_json_answer(hostile, raw, expected):

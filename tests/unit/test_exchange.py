@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from rateguard.proxy.gateway import Admission
 from rateguard.proxy.http_server import ProxyServer
-from rateguard.proxy.upstream import UpstreamConnection
+from rateguard.proxy.upstream import UpstreamConnection, UpstreamPool
 from rateguard.snapshot.model import Api, Upstream
 
 UPSTREAM_TIMEOUT, BODY_TIMEOUT, SEND_TIMEOUT = 1.0, 2.0, 3.0
@@ -21,6 +21,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = self.paused = self.eof = False
+        self.buffered = 0  # bytes the kernel has not taken yet
 
     def get_extra_info(self, name, default=None):
         return {"peername": ("127.0.0.1", 40000)}.get(name, default)
@@ -39,6 +40,9 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         self.paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def can_write_eof(self) -> bool:
         return True
@@ -256,3 +260,63 @@ async def test_an_early_answer_during_an_upload_is_not_cut_while_the_body_flows(
     assert not exchange.finished
     rig.check(start + 1.5 + UPSTREAM_TIMEOUT + 0.05)
     assert exchange.finished and rig.client.closing  # cut (lingering): the answer had begun
+
+
+async def test_rfc9110_9_3_6_connect_is_refused_not_tunnelled(rig):
+    await rig.feed(b"CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n")
+    assert rig.sent.startswith(b"HTTP/1.1 405 ") and b"allow: " in rig.sent
+    assert rig.pool.conns == []  # nothing reached an upstream
+
+
+async def test_an_early_answer_while_the_upstream_is_full_leaves_the_client_reading(rig):
+    """The upstream stopped taking our body (client paused "upstream"), then answered:
+    the client's next request must still be read."""
+    await rig.feed(b"POST /u HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n0123456789")
+    up = rig.upstream
+    up.pause_writing()
+    assert rig.client.transport.paused
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert not rig.client.transport.paused and not rig.client.paused_for
+    await rig.feed(b"GET /next HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert len(rig.pool.conns) == 2 or b"GET /next" in rig.forwarded
+
+
+def _pooled(transport: FakeTransport) -> tuple[UpstreamPool, UpstreamConnection]:
+    pool = UpstreamPool()
+    conn = UpstreamConnection(Upstream.parse("http://up.test:8080"))
+    conn.connection_made(transport)
+    return pool, conn
+
+
+def test_a_connection_paused_by_a_slow_client_reads_again_once_pooled():
+    transport = FakeTransport()
+    pool, conn = _pooled(transport)
+    transport.pause_reading()  # the last flush to a slow client filled its socket
+    pool.release(conn, now=0.0)
+    assert not transport.paused and pool.take_idle(conn.upstream, now=1.0) is conn
+
+
+@pytest.mark.parametrize("buffered,paused_at", [(512, 0.0), (0, 3.0)])
+def test_a_connection_with_our_request_unsent_is_never_reused(buffered, paused_at):
+    """Answered before it took our whole body: the connection is mid-message."""
+    transport = FakeTransport()
+    pool, conn = _pooled(transport)
+    transport.buffered, conn.paused_at = buffered, paused_at
+    pool.release(conn, now=0.0)
+    assert transport.closed and pool.take_idle(conn.upstream, now=1.0) is None
+
+
+async def test_rfc9112_9_3_2_a_pipelined_request_too_large_is_answered_in_its_turn(rig):
+    """The second request's body exceeds the limit while the first is still being
+    answered: the first gets its 200, then the second its 413, then the close."""
+    rig.server.max_body = 10
+    await rig.feed(b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n"
+                   b"POST /b HTTP/1.1\r\nHost: gw\r\nContent-Length: 50\r\n\r\n" + b"x" * 50)
+    assert rig.sent == b""  # nothing may overtake the first answer
+    rig.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    sent = rig.sent
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\nok" in sent
+    assert sent.index(b"HTTP/1.1 413 ") > sent.index(b"\r\n\r\nok")
+    assert rig.server.inflight == 0 and len(rig.pool.conns) == 1
