@@ -124,6 +124,11 @@ class Exchange:
                 # chunked only when it is the final coding (RFC 9112 6.3); the parser
                 # refuses anything else before the body is read.
                 self.chunked_in = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+                if value.strip().lower() != b"chunked":
+                    # Only chunked is forwarded as sent; any other coding (gzip, chunked)
+                    # would reach the upstream unannounced. RFC 9112 6.1: 501.
+                    self.refusal = (501, "not_implemented",
+                                    "only the chunked transfer coding is supported", ())
             elif name == b"expect":
                 expect = value
             elif name == b"x-forwarded-for":

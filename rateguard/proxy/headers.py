@@ -29,7 +29,7 @@ REASONS = {
     404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
     411: b"Length Required", 413: b"Content Too Large", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
 

@@ -320,3 +320,10 @@ async def test_rfc9112_9_3_2_a_pipelined_request_too_large_is_answered_in_its_tu
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\nok" in sent
     assert sent.index(b"HTTP/1.1 413 ") > sent.index(b"\r\n\r\nok")
     assert rig.server.inflight == 0 and len(rig.pool.conns) == 1
+
+
+async def test_rfc9112_6_1_a_transfer_coding_other_than_chunked_is_501(rig):
+    await rig.feed(b"POST /z HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\n\r\n")
+    assert rig.sent.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+    assert rig.pool.conns == []
