@@ -60,10 +60,13 @@ def record(members: list, seen: dict[bytes, int]) -> None:
 @pytest.mark.parametrize("cost", [1, 3])
 async def test_thousands_of_pipelined_calls_never_exceed_the_limit(client, cost):
     """Bursts of 1,500 calls written at once (Redis runs them back to back, many in
-    the same 100 us), repeated across ~8 windows of 150 ms. A read of the whole log
-    rides in the same pipeline after every 50 calls and after the last, so Redis runs
-    it between them: no entry can expire unread, however slow the machine."""
-    limit, window_ms = 60, 150
+    the same 100 us), back to back until four windows of one second are full: entries
+    expire one by one while calls keep coming, where the cc96df2 script named two
+    admissions alike (run this way it admitted 307 and kept 240 entries). A read of
+    the whole log rides in the same pipeline after every 50 calls and after the last,
+    so Redis runs it between them: an entry would have to wait a whole second, Redis
+    stalled, to expire unread."""
+    limit, window_ms = 60, 1000
     p = Policy(unique("p"), unique("ws"), (parse_limit(f"{limit}/{window_ms}ms"),),
                algorithm="sliding_log")
     keys = p.redis_keys("hot")
@@ -71,8 +74,8 @@ async def test_thousands_of_pipelined_calls_never_exceed_the_limit(client, cost)
     seen: dict[bytes, int] = {}
     admitted = 0
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 1.2
-    while loop.time() < deadline:
+    deadline = loop.time() + 20  # a bound; on an idle machine this takes about 3 s
+    while admitted < 4 * limit // cost and loop.time() < deadline:
         calls = []
         for i in range(1, 1501):
             calls.append(client.execute("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args))
@@ -86,7 +89,7 @@ async def test_thousands_of_pipelined_calls_never_exceed_the_limit(client, cost)
                 admitted += reply[0]
                 assert reply[2] >= 0
         await asyncio.sleep(0.02)
-    assert admitted >= 6 * limit // cost  # the bursts did span several windows
+    assert admitted >= 4 * limit // cost  # the bursts did span several windows
     assert len(seen) == admitted * cost  # one entry per unit admitted, none merged
     assert_never_more_than(limit, window_ms * 1000, list(seen.values()))
 
