@@ -140,25 +140,44 @@ def email_message(channel: Channel, payload: dict, delivery_id: str) -> EmailMes
 
 
 async def _smtp(channel: Channel, payload: dict, delivery_id: str,
-                session: aiohttp.ClientSession, timeout: float) -> Result:
+                session: aiohttp.ClientSession, timeout: float,
+                guard: UpstreamGuard = ALWAYS) -> Result:
+    """One message. The host is resolved once, by the egress policy, and the connection
+    goes to the address it checked (a name cannot pass the check and then resolve
+    elsewhere); STARTTLS still verifies the certificate against the host's name."""
     import ssl
 
     import aiosmtplib
 
+    from rateguard.net.egress import Refused
+
     config = channel.config
+    host, port = config["host"], int(config["port"])
+    try:
+        address = (await guard.resolve(host, port))[0]
+    except Refused as exc:
+        return Result(False, None, f"refused: {exc}")
     tls_context = None
     if config.get("starttls"):
         tls_context = ssl.create_default_context()
         if not config.get("tls_verify", True):
             tls_context.check_hostname = False
             tls_context.verify_mode = ssl.CERT_NONE
-    errors, response = await aiosmtplib.send(
-        email_message(channel, payload, delivery_id),
-        hostname=config["host"], port=int(config["port"]),
-        start_tls=bool(config.get("starttls")), use_tls=False, tls_context=tls_context,
-        username=config.get("username") or None,
-        password=(channel.secret or None) if config.get("username") else None,
-        timeout=timeout)
+    client = aiosmtplib.SMTP(hostname=address, port=port, start_tls=False, use_tls=False,
+                             timeout=timeout)
+    await client.connect()
+    try:
+        if config.get("starttls"):
+            await client.starttls(server_hostname=host, tls_context=tls_context)
+        if config.get("username"):
+            await client.login(config["username"], channel.secret or "")
+        errors, response = await client.send_message(
+            email_message(channel, payload, delivery_id))
+    finally:
+        try:
+            await client.quit()
+        except Exception:  # the server went away meanwhile: nothing left to say
+            client.close()
     if errors:
         refused = ", ".join(f"{rcpt}: {code} {text}" for rcpt, (code, text) in errors.items())
         return Result(False, None, f"recipients refused: {refused}"[:500])
@@ -197,8 +216,11 @@ async def deliver(channel: Channel, payload: dict, delivery_id: str,
             result = Result(False, None, f"refused: {refused}")
             result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             return result
-        result = await asyncio.wait_for(
-            SENDERS[channel.kind](channel, payload, delivery_id, session, timeout), timeout)
+        if channel.kind == "smtp":
+            send = _smtp(channel, payload, delivery_id, session, timeout, guard)
+        else:
+            send = SENDERS[channel.kind](channel, payload, delivery_id, session, timeout)
+        result = await asyncio.wait_for(send, timeout)
     except asyncio.TimeoutError:
         result = Result(False, None, f"timed out after {timeout:g}s")
     except asyncio.CancelledError:
