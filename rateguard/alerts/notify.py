@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,15 @@ def summary(payload: dict) -> str:
     if payload.get("event") == "test":
         return f"[TEST] RateGuard test notification for channel '{payload.get('channel', '')}'"
     return payload.get("summary") or orjson.dumps(payload).decode()
+
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """An error message as stored with a delivery, readable by every member: a URL's
+    ``user:password@`` (a webhook's credentials are secrets) masked."""
+    return _CREDENTIALS.sub("***:***@", text)
 
 
 async def refused_destination(url: str, guard: UpstreamGuard = ALWAYS) -> str | None:
@@ -226,6 +236,6 @@ async def deliver(channel: Channel, payload: dict, delivery_id: str,
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # connection refused, TLS, SMTP errors, a bad URL ...
-        result = Result(False, None, f"{type(exc).__name__}: {exc}"[:500])
+        result = Result(False, None, without_credentials(f"{type(exc).__name__}: {exc}")[:500])
     result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     return result

@@ -66,3 +66,11 @@ def test_webhooks_meet_the_policy(url):
     with pytest.raises(Invalid):
         channel({"name": "w", "kind": "webhook", "url": url}, STRICT)
     assert channel({"name": "w", "kind": "webhook", "url": url}, ALWAYS)[0]["kind"] == "webhook"
+
+
+def test_a_delivery_error_never_keeps_a_urls_credentials():
+    from rateguard.alerts.notify import without_credentials
+
+    assert without_credentials("InvalidURL: https://user:s3cret@hooks.example.com/x") \
+        == "InvalidURL: https://***:***@hooks.example.com/x"
+    assert without_credentials("timed out after 10s") == "timed out after 10s"
