@@ -29,6 +29,9 @@ _UNITS_MS = {
 # ASCII digits only (``\d`` would take other scripts' digits, which ``int`` accepts); the
 # whole text is at most MAX_LIMIT_TEXT characters, so ``int`` never meets a huge number.
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$", re.ASCII)
+# What the parser took before the bounds (any script's digits, any length): read only
+# to clamp policies stored back then (see stored_policy).
+_STORED_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
 
 # The bounds every limit is checked against, wherever it comes from (management API,
 # dashboard, YAML, PostgreSQL rows, settings). They keep every figure the Lua script
@@ -40,7 +43,7 @@ MIN_WINDOW_MS = 100
 MAX_WINDOW_MS = 366 * 86_400_000
 MAX_LIMITS = 10
 # sliding_log keeps one sorted-set entry per admitted request for a whole window:
-# about 100 bytes each in Valkey (measured: see README), so 100,000 is ~10 MB per key.
+# about 90 bytes each in Valkey (measured: see README), so 100,000 is ~9 MB per key.
 MAX_LOG_COUNT = 100_000
 MAX_LIMIT_TEXT = 64
 
@@ -61,24 +64,40 @@ class Limit:
         return f"{self.count}/{self.window_label}"
 
 
+def _count_and_window(text: str, pattern: re.Pattern) -> tuple[int, int]:
+    """A limit's count and window in milliseconds as written, not yet bounded."""
+    match = pattern.match(text.lower())
+    if not match:
+        raise ConfigError(f"limit {text!r}: expected <count>/<window>, e.g. 100/s or 5000/h")
+    count, multiple, unit = match[1], match[2], match[3]
+    if unit not in _UNITS_MS:
+        raise ConfigError(f"limit {text!r}: unknown unit {unit!r} (use ms, s, m, h or d)")
+    try:
+        return int(count), _UNITS_MS[unit] * (int(multiple) if multiple else 1)
+    except ValueError:  # more digits than int() reads
+        raise ConfigError(f"limit {text!r}: expected <count>/<window>, "
+                          "e.g. 100/s or 5000/h") from None
+
+
+def _out_of_range(count: int, window_ms: int) -> str | None:
+    """What is wrong with a limit's figures, against the bounds above; None if nothing."""
+    if not 1 <= count <= MAX_COUNT:
+        return f"count must be between 1 and {MAX_COUNT:,}"
+    if not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+        return f"window must be between {MIN_WINDOW_MS} ms and 366 days"
+    return None
+
+
 def parse_limit(text: str) -> Limit:
     """``"100/s"``, ``"5000/h"``, ``"10/5m"``, ``"20/minute"`` -> Limit, within the bounds
     above (the one validator of limits: every source of policies calls it)."""
     if not isinstance(text, str) or len(text) > MAX_LIMIT_TEXT:
         raise ConfigError(f"limit {str(text)[:MAX_LIMIT_TEXT]!r}: expected <count>/<window>, "
                           "e.g. 100/s or 5000/h")
-    match = _LIMIT.match(text.lower())
-    if not match:
-        raise ConfigError(f"limit {text!r}: expected <count>/<window>, e.g. 100/s or 5000/h")
-    count, multiple, unit = int(match[1]), match[2], match[3]
-    if unit not in _UNITS_MS:
-        raise ConfigError(f"limit {text!r}: unknown unit {unit!r} (use ms, s, m, h or d)")
-    window = _UNITS_MS[unit] * (int(multiple) if multiple else 1)
-    if not 1 <= count <= MAX_COUNT:
-        raise ConfigError(f"limit {text!r}: count must be between 1 and {MAX_COUNT:,}")
-    if not MIN_WINDOW_MS <= window <= MAX_WINDOW_MS:
-        raise ConfigError(f"limit {text!r}: window must be between {MIN_WINDOW_MS} ms "
-                          "and 366 days")
+    count, window = _count_and_window(text, _LIMIT)
+    problem = _out_of_range(count, window)
+    if problem is not None:
+        raise ConfigError(f"limit {text!r}: {problem}")
     return Limit(count, window)
 
 
@@ -96,11 +115,11 @@ def stored_policy(id: str, workspace_id: str, limits: list[str], **fields) -> tu
         problem = str(exc)
     clamped = []
     for item in limits:
-        match = re.match(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$", str(item).lower())
-        if not match or match[3] not in _UNITS_MS:
+        try:
+            count, window = _count_and_window(str(item), _STORED_LIMIT)
+        except ConfigError:
             continue  # never accepted by any version of the parser: dropped
-        window = _UNITS_MS[match[3]] * (int(match[2]) if match[2] else 1)
-        clamped.append(Limit(min(max(int(match[1]), 1), MAX_COUNT),
+        clamped.append(Limit(min(max(count, 1), MAX_COUNT),
                              min(max(window, MIN_WINDOW_MS), MAX_WINDOW_MS)))
     by_window = {}
     for limit in clamped:  # clamping may have put two limits on one window: keep the lower
@@ -148,11 +167,11 @@ class Policy:
                 raise ConfigError(
                     f"policy {self.id!r}: {name} {value!r} is not one of {', '.join(allowed)}")
         for limit in self.limits:
-            if not isinstance(limit, Limit) or not (
-                    1 <= limit.count <= MAX_COUNT
-                    and MIN_WINDOW_MS <= limit.window_ms <= MAX_WINDOW_MS):
+            problem = _out_of_range(limit.count, limit.window_ms) \
+                if isinstance(limit, Limit) else "not a Limit"
+            if problem is not None:
                 raise ConfigError(f"policy {self.id!r}: limit {limit} is out of range "
-                                  f"(count 1 to {MAX_COUNT:,}, window 100 ms to 366 days)")
+                                  f"({problem})")
             if self.algorithm == "sliding_log" and limit.count > MAX_LOG_COUNT:
                 raise ConfigError(
                     f"policy {self.id!r}: limit {limit}: sliding_log keeps one entry per "
