@@ -166,6 +166,41 @@ class ProxyProcess:
             stop_process(self.proc, 15)
 
 
+async def raw_exchange(port: int, raw: bytes, *, wait: float = 5.0, pause: float = 0.0,
+                       rest: bytes = b"") -> bytes:
+    """Raw bytes to 127.0.0.1:``port`` (then, after ``pause``, ``rest``), no HTTP client
+    in between; everything read until the peer closes or ``wait`` seconds pass."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        if pause:
+            await asyncio.sleep(pause)
+        if rest:
+            try:
+                writer.write(rest)
+                await writer.drain()
+            except ConnectionError:
+                pass
+        data = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            except (asyncio.TimeoutError, ConnectionError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
 async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kw):
     async with session.request(method, url, **kw) as response:
         body = await response.read()

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.faults.conftest import Keys, unique
-from tests.servers import ProxyProcess, Upstream, fetch
+from tests.servers import ProxyProcess, Upstream, fetch, raw_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -46,39 +46,9 @@ def hostile(workdir, fenv, upstream, other_upstream):
     proxy.stop()
 
 
-async def exchange(proxy, raw: bytes, *, wait: float = 5.0, pause: float = 0.0,
-                   rest: bytes = b"") -> bytes:
-    """Send raw bytes (then, after ``pause``, ``rest``); read until the proxy closes or
-    ``wait`` seconds pass."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        if pause:
-            await asyncio.sleep(pause)
-        if rest:
-            try:
-                writer.write(rest)
-                await writer.drain()
-            except ConnectionError:
-                pass
-        data = b""
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-            except (asyncio.TimeoutError, ConnectionError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
+async def exchange(proxy, raw: bytes, **options) -> bytes:
+    """Raw bytes to the proxy (``raw_exchange``: ``wait``, ``pause``, ``rest``)."""
+    return await raw_exchange(proxy.port, raw, **options)
 
 
 def status_of(response: bytes) -> int:

@@ -108,3 +108,16 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1):
             return result
         import asyncio
         await asyncio.sleep(interval)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def plane(new_database):
+    """The web app in this process on a fresh database of its own, for one module, with
+    default options. Modules that need ClickHouse, Redis or other options define their
+    own ``plane``, which takes precedence."""
+    from tests.integration.control import ControlPlane
+
+    control = ControlPlane(await new_database())
+    await control.start()
+    yield control
+    await control.stop()

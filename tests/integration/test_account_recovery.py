@@ -21,14 +21,6 @@ pytestmark = pytest.mark.integration
 NEW_PASSWORD = "a brand new passphrase"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
-
-
 @pytest_asyncio.fixture
 async def repo(plane):
     pool = await create_pool(plane.database_url, min_size=1, max_size=2)

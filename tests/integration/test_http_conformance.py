@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from rateguard.embedded.servers import free_port
 from tests.integration.conftest import Keys
-from tests.servers import expected_bytes
+from tests.servers import expected_bytes, raw_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -124,27 +124,7 @@ def auth(proxy) -> bytes:
 
 async def send(proxy, raw: bytes, *, wait: float = 5.0) -> bytes:
     """Send ``raw``; read until the proxy closes or ``wait`` seconds pass."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        data = b""
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-            except (asyncio.TimeoutError, ConnectionError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
+    return await raw_exchange(proxy.port, raw, wait=wait)
 
 
 def responses(data: bytes) -> list[tuple[int, dict[bytes, list[bytes]], bytes]]:

@@ -8,19 +8,8 @@ import re
 
 import aiohttp
 import pytest
-import pytest_asyncio
-
-from tests.integration.control import ControlPlane
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
 
 
 @pytest.mark.parametrize("next_,expected", [

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rateguard.web.api import registry
-from tests.integration.control import ControlPlane
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("RATEGUARD_FUZZ_EXAMPLES", "12"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
-
-
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
 
 
 @pytest_asyncio.fixture(scope="module")

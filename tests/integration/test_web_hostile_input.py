@@ -11,19 +11,10 @@ import logging
 import pytest
 import pytest_asyncio
 
-from tests.integration.control import ControlPlane
 
 pytestmark = pytest.mark.integration
 
 SURROGATE = "\ud800"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -11,20 +11,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from tests.integration.control import ControlPlane
 
 pytestmark = pytest.mark.integration
 
 ROUNDS = 24
 AT_ONCE = 8
-
-
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
 
 
 @pytest_asyncio.fixture(scope="module")

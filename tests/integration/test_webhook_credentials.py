@@ -13,17 +13,9 @@ from aiohttp import web
 
 from rateguard.crypto import KeyRing
 from rateguard.embedded.servers import free_port
-from tests.integration.control import ENCRYPTION_KEY, ControlPlane
+from tests.integration.control import ENCRYPTION_KEY
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture(scope="module")
-async def plane(new_database):
-    control = ControlPlane(await new_database())
-    await control.start()
-    yield control
-    await control.stop()
 
 
 @pytest_asyncio.fixture
