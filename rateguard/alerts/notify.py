@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import hmac
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -29,7 +28,7 @@ import aiohttp
 import orjson
 
 from rateguard import __version__
-from rateguard.net.egress import ALWAYS
+from rateguard.net.egress import ALWAYS, Refused
 from rateguard.net.egress import EgressPolicy as UpstreamGuard
 
 SIGNATURE_HEADER = "X-RateGuard-Signature"
@@ -88,22 +87,13 @@ def without_credentials(text: str) -> str:
 
 
 async def refused_destination(url: str, guard: UpstreamGuard = ALWAYS) -> str | None:
-    """Why the server must not call ``url`` (the proxy's SSRF guard applied to every
+    """Why the server must not call ``url`` (the egress policy on its host and every
     address the host resolves to), or None. Metadata and link-local addresses are never
-    called; with the production guard, private ones neither (ALLOW_PRIVATE_UPSTREAMS)."""
-    host = urlsplit(url).hostname or ""
-    refused = guard.check_host(host)
-    if refused is not None:
-        return refused
-    loop = asyncio.get_running_loop()
+    called; with the production policy, private ones neither (ALLOW_PRIVATE_UPSTREAMS)."""
     try:
-        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    for info in infos:
-        refused = guard.check_address(info[4][0])
-        if refused is not None:
-            return refused
+        await guard.resolve(urlsplit(url).hostname or "", 0)
+    except Refused as exc:
+        return str(exc)
     return None
 
 
@@ -158,8 +148,6 @@ async def _smtp(channel: Channel, payload: dict, delivery_id: str,
     import ssl
 
     import aiosmtplib
-
-    from rateguard.net.egress import Refused
 
     config = channel.config
     host, port = config["host"], int(config["port"])
@@ -216,19 +204,17 @@ async def deliver(channel: Channel, payload: dict, delivery_id: str,
     """One attempt, never longer than ``timeout`` seconds; never raises (but on cancel)."""
     started = time.perf_counter()
     try:
-        if channel.kind in ("webhook", "slack"):
-            url = channel.config.get("url", "") if channel.kind == "webhook" else channel.secret
-            refused = await refused_destination(url or "", guard)
-        else:  # smtp: the same policy on its host and every address it resolves to
-            refused = await refused_destination(f"smtp://{channel.config.get('host', '')}",
-                                                guard)
-        if refused is not None:
-            result = Result(False, None, f"refused: {refused}")
-            result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            return result
         if channel.kind == "smtp":
+            # the sender resolves the host once, by the same policy, and connects to
+            # what it checked (a refusal comes back as "refused: ...")
             send = _smtp(channel, payload, delivery_id, session, timeout, guard)
         else:
+            url = channel.config.get("url", "") if channel.kind == "webhook" else channel.secret
+            refused = await refused_destination(url or "", guard)
+            if refused is not None:
+                result = Result(False, None, f"refused: {refused}")
+                result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+                return result
             send = SENDERS[channel.kind](channel, payload, delivery_id, session, timeout)
         result = await asyncio.wait_for(send, timeout)
     except asyncio.TimeoutError:
